@@ -1,0 +1,1 @@
+"""jaxnorm: measure why deep Transformers' gradients vanish or explode, and which remedies work."""

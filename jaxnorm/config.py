@@ -1,0 +1,262 @@
+"""Typed, frozen configuration for every concern, with the variant name registries.
+
+Every name below is public vocabulary: the same strings are config values, CLI flag values, result
+columns and figure legends. Each dataclass validates itself on construction and raises
+:class:`ConfigError` (a ``ValueError``) whose one-line message names the field, the bad value and the
+allowed values, so a typo fails before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+# --- registries: the allowed values of each variant field --------------------------------------------
+
+BLOCKS = (
+    "post_ln", "pre_ln", "sandwich", "deepnorm", "rezero", "admin", "no_norm", "no_residual",
+    "b2t", "normformer", "subln", "depth_mup",
+)
+NORMS = ("layernorm", "rmsnorm", "scalenorm", "groupnorm", "instancenorm", "batchnorm", "none")
+ATTENTIONS = ("dot", "dot_unscaled", "cosine", "qk_norm", "l2", "sigma_reparam")
+ACTIVATIONS = ("relu", "gelu")
+INITS = ("xavier", "small", "depth_scaled", "t_fixup", "ds_init")
+POSITIONS = ("learned", "sinusoidal")
+ADMIN_MODES = ("profiled", "closed_form")
+DTYPES = ("float32", "bfloat16")
+
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd", "lion", "adafactor")
+CLIPS = ("none", "global_norm", "value", "agc")
+SCHEDULES = ("constant", "warmup_constant", "warmup_cosine", "inverse_sqrt")
+
+TASKS = ("lm", "reverse", "sort", "copy")
+
+# Norms that mix positions along the sequence: with a causal mask they would leak the future into
+# position t through the normalisation statistics, so that combination is refused.
+SEQUENCE_MIXING_NORMS = ("instancenorm", "batchnorm")
+# Blocks that have no normalisation layer at all: their `norm` field is ignored.
+NORM_FREE_BLOCKS = ("rezero", "no_norm")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The message is one line naming field, value and what is allowed."""
+
+
+def _fail(owner: str, field: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{owner}.{field}: invalid value {value!r}; allowed: {allowed}")
+
+
+def check_choice(owner: str, field: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(owner, field, value, ", ".join(allowed))
+
+
+def check_int(owner: str, field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(owner, field, value, f"an integer >= {minimum}")
+
+
+def check_float(owner: str, field: str, value: Any, minimum: float = 0.0, *, strict: bool = False,
+                maximum: float | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    ok = ok and (maximum is None or value <= maximum)
+    if not ok:
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        _fail(owner, field, value, f"a finite number {bound}{upper}")
+
+
+def check_bool(owner: str, field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(owner, field, value, "true or false")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The Transformer: its size and every variant choice (see DESIGN.md's variant table)."""
+
+    depth: int = 4                 # L, number of encoder blocks (each = attention + MLP sublayer)
+    d_model: int = 64              # D, width of the residual stream
+    num_heads: int = 4             # H; d_model must be divisible by it (head size d_k = D / H)
+    d_ff: int = 256                # F, hidden width of the MLP
+    vocab_size: int = 32           # V; `train` overwrites it from the task
+    max_len: int = 32              # T, longest sequence (size of learned position table)
+    block: str = "pre_ln"          # residual / norm placement, one of BLOCKS
+    norm: str = "layernorm"        # normalisation layer, one of NORMS
+    attention: str = "dot"         # attention form, one of ATTENTIONS
+    activation: str = "relu"       # MLP non-linearity, one of ACTIVATIONS
+    init: str = "xavier"           # weight initialisation scheme, one of INITS
+    positions: str = "learned"     # position encoding, one of POSITIONS
+    causal: bool = False           # causal mask (decoder-style LM) vs bidirectional encoder
+    num_groups: int = 4            # groups for groupnorm; must divide d_model
+    norm_eps: float = 1e-5         # epsilon inside every norm
+    admin_mode: str = "profiled"   # how Admin sets ω: a profiling forward pass, or the closed form
+    depth_mup_alpha: float = 0.5   # depth-μP branch multiplier L^-α (α in [0.5, 1] in the literature)
+    sigma_reparam_iters: int = 1   # power-iteration steps per forward pass for σReparam
+    scan: bool = True              # scan over stacked blocks; False = Python loop (test reference only)
+    remat: bool = False            # rematerialise each block in the backward pass (saves memory; faster on CPU)
+    dtype: str = "float32"         # matmul compute dtype; bfloat16 is for GPU/TPU (params stay float32)
+
+    def __post_init__(self) -> None:
+        o = "ModelConfig"
+        check_int(o, "depth", self.depth, 1)
+        check_int(o, "d_model", self.d_model, 1)
+        check_int(o, "num_heads", self.num_heads, 1)
+        check_int(o, "d_ff", self.d_ff, 1)
+        check_int(o, "vocab_size", self.vocab_size, 2)
+        check_int(o, "max_len", self.max_len, 1)
+        check_int(o, "num_groups", self.num_groups, 1)
+        check_int(o, "sigma_reparam_iters", self.sigma_reparam_iters, 1)
+        check_choice(o, "block", self.block, BLOCKS)
+        check_choice(o, "norm", self.norm, NORMS)
+        check_choice(o, "attention", self.attention, ATTENTIONS)
+        check_choice(o, "activation", self.activation, ACTIVATIONS)
+        check_choice(o, "init", self.init, INITS)
+        check_choice(o, "positions", self.positions, POSITIONS)
+        check_choice(o, "admin_mode", self.admin_mode, ADMIN_MODES)
+        check_choice(o, "dtype", self.dtype, DTYPES)
+        check_bool(o, "causal", self.causal)
+        check_bool(o, "scan", self.scan)
+        check_bool(o, "remat", self.remat)
+        check_float(o, "norm_eps", self.norm_eps, 0.0, strict=True)
+        check_float(o, "depth_mup_alpha", self.depth_mup_alpha, 0.0)
+        if self.d_model % self.num_heads:
+            _fail(o, "num_heads", self.num_heads, f"a divisor of d_model={self.d_model}")
+        if self.norm == "groupnorm" and self.d_model % self.num_groups:
+            _fail(o, "num_groups", self.num_groups, f"a divisor of d_model={self.d_model}")
+        if self.causal and self.norm in SEQUENCE_MIXING_NORMS and self.block not in NORM_FREE_BLOCKS:
+            raise ConfigError(
+                f"ModelConfig.norm: invalid value {self.norm!r} with causal=True (its statistics mix "
+                f"positions and would leak the future); allowed with causal: "
+                + ", ".join(n for n in NORMS if n not in SEQUENCE_MIXING_NORMS))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optax chain: [clip] -> optimizer -> learning-rate schedule, weight decay masked off norms/biases/scalars."""
+
+    optimizer: str = "adamw"       # one of OPTIMIZERS
+    lr: float = 1e-3               # peak learning rate (injected: changing it does not recompile)
+    schedule: str = "warmup_cosine"  # one of SCHEDULES
+    warmup_steps: int = 50         # linear warmup length for warmup_* and inverse_sqrt schedules
+    clip: str = "none"             # one of CLIPS
+    clip_value: float = 1.0        # max global norm (global_norm), max |g| (value), or ratio λ (agc)
+    weight_decay: float = 0.01     # decoupled decay (adamw, lion, adafactor); never on norms, biases, scalars
+    b1: float = 0.9                # first-moment decay (adam*, lion) / momentum (sgd)
+    b2: float = 0.999              # second-moment decay (adam*, lion) / decay of rmsprop's average
+    eps: float = 1e-8              # denominator epsilon
+    skip_nonfinite: bool = False   # wrap in optax.apply_if_finite: a non-finite gradient skips the update
+
+    def __post_init__(self) -> None:
+        o = "OptimConfig"
+        check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
+        check_choice(o, "schedule", self.schedule, SCHEDULES)
+        check_choice(o, "clip", self.clip, CLIPS)
+        check_float(o, "lr", self.lr, 0.0, strict=True)
+        check_int(o, "warmup_steps", self.warmup_steps, 0)
+        check_float(o, "clip_value", self.clip_value, 0.0, strict=True)
+        check_float(o, "weight_decay", self.weight_decay, 0.0)
+        check_float(o, "b1", self.b1, 0.0, maximum=1.0)
+        check_float(o, "b2", self.b2, 0.0, maximum=1.0)
+        check_float(o, "eps", self.eps, 0.0)
+        check_bool(o, "skip_nonfinite", self.skip_nonfinite)
+
+    def replace(self, **changes: Any) -> "OptimConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run ("cell"): task, length, batch, seeds, logging and divergence rule."""
+
+    task: str = "reverse"          # one of TASKS; lm is causal, the synthetic tasks are bidirectional
+    steps: int = 300               # optimizer steps
+    batch_size: int = 32           # sequences per step (sharded over local devices when several)
+    seq_len: int = 16              # T; for reverse/sort/copy the input half is seq_len // 2
+    num_symbols: int = 16          # alphabet size of the synthetic tasks
+    text_file: str | None = None   # lm corpus; None = the Python standard library's own source (offline)
+    text_bytes: int = 2_000_000    # byte budget read from the corpus (deterministic prefix)
+    seeds: int = 1                 # S models trained together (vmapped) from seeds seed, seed+1, ...
+    seed: int = 0                  # first seed
+    log_every: int = 10            # metrics move to the host every log_every steps
+    eval_every: int = 100          # held-out loss every eval_every steps (and at the end)
+    eval_batches: int = 4          # batches per evaluation
+    divergence_factor: float = 3.0  # a loss above factor × initial loss (or non-finite) = diverged
+    z_loss: float = 0.0            # c in c·log²Z added to the loss (Wortsman et al. 2023); 0 = off
+    progress: bool = True          # tqdm progress bar
+
+    def __post_init__(self) -> None:
+        o = "TrainConfig"
+        check_choice(o, "task", self.task, TASKS)
+        check_int(o, "steps", self.steps, 1)
+        check_int(o, "batch_size", self.batch_size, 1)
+        check_int(o, "seq_len", self.seq_len, 2)
+        check_int(o, "num_symbols", self.num_symbols, 2)
+        check_int(o, "text_bytes", self.text_bytes, 1)
+        check_int(o, "seeds", self.seeds, 1)
+        check_int(o, "seed", self.seed, 0)
+        check_int(o, "log_every", self.log_every, 1)
+        check_int(o, "eval_every", self.eval_every, 1)
+        check_int(o, "eval_batches", self.eval_batches, 1)
+        check_float(o, "divergence_factor", self.divergence_factor, 1.0, strict=True)
+        check_float(o, "z_loss", self.z_loss, 0.0)
+        check_bool(o, "progress", self.progress)
+        if self.text_file is not None and not isinstance(self.text_file, str):
+            _fail(o, "text_file", self.text_file, "a path string or None")
+        if self.task in ("reverse", "sort", "copy") and self.seq_len % 2:
+            _fail(o, "seq_len", self.seq_len, f"an even number for task {self.task!r}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """Which per-layer measurements the train step records, and how often (see DESIGN.md "Measurements")."""
+
+    grads: bool = True             # per-layer parameter-gradient norms by group, param norms, update ratios
+    activations: bool = True       # residual-stream gradient norms ∂loss/∂x_l, residual RMS, branch ratios
+    attention: bool = True         # attention entropy and max logit per layer and head
+    jacobian: bool = True          # layer-to-layer spectral/Frobenius and end-to-end Jacobian norms
+    alignment: bool = True         # token alignment (rank collapse) per layer
+    amplification: bool = False    # output change after one optimizer step (Liu et al. 2020); costs a forward
+    spectrum: bool = False         # singular values of the end-to-end Jacobian (dense; tiny models only)
+    probe_every: int = 50          # Jacobian/amplification probes run every probe_every steps (and at step 0)
+    probe_batch: int = 4           # sequences in the fixed probe batch
+    power_iters: int = 20          # power-iteration steps for spectral norms
+    hutchinson_samples: int = 8    # Rademacher samples for the Frobenius estimate
+
+    def __post_init__(self) -> None:
+        o = "ProbeConfig"
+        for f in ("grads", "activations", "attention", "jacobian", "alignment", "amplification", "spectrum"):
+            check_bool(o, f, getattr(self, f))
+        check_int(o, "probe_every", self.probe_every, 1)
+        check_int(o, "probe_batch", self.probe_batch, 1)
+        check_int(o, "power_iters", self.power_iters, 1)
+        check_int(o, "hutchinson_samples", self.hutchinson_samples, 1)
+
+    def replace(self, **changes: Any) -> "ProbeConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as a plain JSON-able dict."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a config from a dict, refusing unknown keys with the list of known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**data)
