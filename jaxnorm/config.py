@@ -179,7 +179,7 @@ class TrainConfig:
     """One training run ("cell"): task, length, batch, seeds, logging and divergence rule."""
 
     task: str = "reverse"          # one of TASKS; lm is causal, the synthetic tasks are bidirectional
-    steps: int = 300               # optimizer steps
+    steps: int = 300               # optimizer steps; 0 = only profile the model at initialisation
     batch_size: int = 32           # sequences per step (sharded over local devices when several)
     seq_len: int = 16              # T; for reverse/sort/copy the input half is seq_len // 2
     num_symbols: int = 16          # alphabet size of the synthetic tasks
@@ -197,7 +197,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         o = "TrainConfig"
         check_choice(o, "task", self.task, TASKS)
-        check_int(o, "steps", self.steps, 1)
+        check_int(o, "steps", self.steps, 0)
         check_int(o, "batch_size", self.batch_size, 1)
         check_int(o, "seq_len", self.seq_len, 2)
         check_int(o, "num_symbols", self.num_symbols, 2)

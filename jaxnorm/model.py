@@ -1,0 +1,158 @@
+"""The Transformer: token embedding (+ positions) -> Encoder (scan over stacked blocks) -> head.
+
+Built once as an NNX module, then used through a functional core: `init` splits it into
+(graphdef, params, rest) and `apply` merges them inside plain `jax.jit` / `jax.grad` / `jax.vmap`.
+`rest` holds the non-parameter state (BatchNorm running statistics, σReparam's power-iteration vectors).
+
+Blocks are created stacked (every block parameter has a leading layer axis L) and applied with
+`jax.lax.scan` over the split block state, so compile time does not grow with depth. The scan body
+adds a per-layer `delta` to the stream entering each layer: feeding zeros and differentiating with
+respect to it yields ∂loss/∂x_l for every layer from the one backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxnorm.blocks import PRE_NORM_BLOCKS, Block, _norm_kind
+from jaxnorm.config import ModelConfig
+from jaxnorm.init import admin_omega_closed_form, admin_omega_profiled, apply_init_scheme
+from jaxnorm.norms import make_norm
+
+# Sequences used by Admin's profiling pass (random tokens: the pass only needs typical activations).
+ADMIN_PROFILE_BATCH = 8
+
+
+def sinusoidal_positions(T: int, D: int) -> jax.Array:
+    """Fixed sin/cos position encodings (Vaswani et al. 2017, §3.5)."""
+    pos_T1 = jnp.arange(T, dtype=jnp.float32)[:, None]
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, D, 2, dtype=jnp.float32) / D)
+    pe_TxD = jnp.zeros((T, D), jnp.float32)
+    pe_TxD = pe_TxD.at[:, 0::2].set(jnp.sin(pos_T1 * freq))
+    return pe_TxD.at[:, 1::2].set(jnp.cos(pos_T1 * freq)[:, : D // 2])
+
+
+class Encoder(nnx.Module):
+    """L stacked blocks, applied by scan (or, for tests only, an unrolled Python loop)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.depth, self.scan, self.remat = cfg.depth, cfg.scan, cfg.remat
+
+        @nnx.split_rngs(splits=cfg.depth)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs: nnx.Rngs) -> Block:
+            return Block(cfg, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+
+    def __call__(self, x_BxTxD: jax.Array, *, train: bool,
+                 deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        graphdef, state = nnx.split(self.blocks)
+        if deltas_LxBxTxD is None:
+            deltas_LxBxTxD = jnp.zeros((self.depth,), x_BxTxD.dtype)  # broadcasts as a scalar 0 per layer
+
+        def layer(x, layer_in):
+            state_l, delta = layer_in
+            block = nnx.merge(graphdef, state_l)
+            x = x + delta
+            y, diag = block(x, train=train)
+            return y, (nnx.state(block), diag)
+
+        if self.remat:
+            layer = jax.checkpoint(layer)
+        if self.scan:
+            x_BxTxD, (new_state, diags) = jax.lax.scan(layer, x_BxTxD, (state, deltas_LxBxTxD))
+        else:  # reference path: same parameters, one layer at a time
+            outs = []
+            for l in range(self.depth):
+                x_BxTxD, out = layer(x_BxTxD, jax.tree.map(lambda a: a[l], (state, deltas_LxBxTxD)))
+                outs.append(out)
+            new_state, diags = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        nnx.update(self.blocks, new_state)
+        return x_BxTxD, diags
+
+
+class Model(nnx.Module):
+    """A Transformer for per-position prediction.
+
+    >>> import jaxnorm
+    >>> from flax import nnx
+    >>> model = jaxnorm.Model(jaxnorm.ModelConfig(depth=2, d_model=32, num_heads=2, d_ff=64), rngs=nnx.Rngs(0))
+    >>> logits, aux = model(jnp.zeros((1, 8), jnp.int32))
+    >>> logits.shape, aux["attn_entropy"].shape
+    ((1, 8, 32), (2, 2))
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        D = cfg.d_model
+        self.token_embed = nnx.Embed(cfg.vocab_size, D, embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)
+        if cfg.positions == "learned":
+            self.pos_embed = nnx.Param(jax.nn.initializers.normal(0.02)(rngs.params(), (cfg.max_len, D)))
+        self.encoder = Encoder(cfg, rngs=rngs)
+        if cfg.block in PRE_NORM_BLOCKS:
+            self.final_norm = make_norm(_norm_kind(cfg), D, cfg, rngs=rngs)
+        self.head = nnx.Linear(D, cfg.vocab_size, kernel_init=jax.nn.initializers.xavier_uniform(),
+                               bias_init=jax.nn.initializers.zeros, rngs=rngs)
+        apply_init_scheme(self, cfg, rngs.params())
+        if cfg.block == "admin":
+            self._set_admin_omega(rngs.params())
+
+    def embed(self, tokens_BxT: jax.Array) -> jax.Array:
+        T = tokens_BxT.shape[1]
+        x_BxTxD = self.token_embed(tokens_BxT)
+        if self.cfg.positions == "learned":
+            return x_BxTxD + self.pos_embed[...][:T]
+        return x_BxTxD + sinusoidal_positions(T, self.cfg.d_model)
+
+    def unembed(self, x_BxTxD: jax.Array, *, train: bool) -> jax.Array:
+        if hasattr(self, "final_norm"):
+            x_BxTxD = self.final_norm(x_BxTxD, train=train)
+        return self.head(x_BxTxD)
+
+    def __call__(self, tokens_BxT: jax.Array, *, train: bool = False,
+                 deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]."""
+        x_BxTxD = self.embed(tokens_BxT)
+        x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD)
+        return self.unembed(x_BxTxD, train=train), diags
+
+    def _set_admin_omega(self, key: jax.Array) -> None:
+        """Admin's ω (Liu et al. 2020): closed form, or from one profiling forward pass with ω = 1."""
+        cfg = self.cfg
+        omega = self.encoder.blocks.admin_omega
+        if cfg.admin_mode == "closed_form":
+            omega[...] = jnp.full_like(omega[...], admin_omega_closed_form(2 * cfg.depth))
+            return
+        tokens = jax.random.randint(key, (ADMIN_PROFILE_BATCH, cfg.max_len), 0, cfg.vocab_size)
+        rest_before = nnx.state(self, nnx.Not(nnx.Param))  # profiling must not move running statistics
+        x0 = self.embed(tokens)
+        _, diags = self.encoder(x0, train=False)
+        nnx.update(self, rest_before)
+        omega_Lx2 = admin_omega_profiled(jnp.var(x0), diags["branch_var"])
+        omega[...] = jnp.broadcast_to(omega_Lx2[..., None], omega[...].shape)
+
+
+# --- functional core ---------------------------------------------------------------------------------
+
+def init(cfg: ModelConfig, key: jax.Array) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, params, rest) of a freshly initialised model. Works under `jax.vmap` over keys."""
+    return nnx.split(Model(cfg, rngs=nnx.Rngs(key)), nnx.Param, ...)
+
+
+def graphdef_of(cfg: ModelConfig) -> nnx.GraphDef:
+    """The static structure for `cfg`, without allocating parameters."""
+    return nnx.split(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)[0]
+
+
+def apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, tokens_BxT: jax.Array, *,
+          train: bool, deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
+    """Pure forward pass: (logits, per-layer diagnostics, updated rest)."""
+    model = nnx.merge(graphdef, params, rest)
+    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD)
+    return logits, diags, nnx.state(model, nnx.Not(nnx.Param))

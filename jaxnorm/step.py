@@ -1,0 +1,179 @@
+"""The pure training step and the compiled multi-step chunk.
+
+`train_step(state, batch, key) -> (state, metrics)` is one optimizer step for one model (one seed).
+`make_chunk` builds the jitted program the loop calls: a step with per-layer probes, then `n - 1` bare
+steps inside one `lax.scan` (running many steps per dispatch keeps the device busy and is ~2× faster on
+CPU), all vmapped over seeds, with the state donated. Metrics leave the device once per chunk.
+
+Divergence is data, not an exception: a seed whose loss turns non-finite or exceeds
+`divergence_factor × initial loss` is frozen (its parameters stop changing) and its step recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnorm import model as model_lib
+from jaxnorm import optim, probes
+from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
+
+# Codes for the first non-finite quantity seen in a run (History.nonfinite_what).
+NONFINITE_CODES = {0: "none", 1: "loss", 2: "gradient", 3: "update"}
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training, for one seed (vmapped: leading axis S on each leaf)."""
+
+    params: Any
+    rest: Any                 # non-parameter model state (running stats, power-iteration vectors)
+    opt_state: Any
+    step: jax.Array           # int32, the number of optimizer steps taken
+    alive: jax.Array          # bool, False once the run diverged (then parameters are frozen)
+    init_loss: jax.Array      # float32, loss of the first step (divergence threshold base)
+    diverged_step: jax.Array  # int32, step at which the run diverged, -1 if it did not
+    nonfinite_step: jax.Array   # int32, first step with a non-finite loss/gradient/update, -1 if none
+    nonfinite_what: jax.Array   # int32, a NONFINITE_CODES key
+    nonfinite_layer: jax.Array  # int32, first layer whose gradient was non-finite, -1 if none/not per layer
+
+
+def cross_entropy(logits_BxTxV: jax.Array, batch: dict[str, jax.Array], z_loss: float) -> tuple[jax.Array, dict]:
+    """Weighted cross-entropy plus z-loss c·log²Z (Wortsman et al. 2023, "Small-scale proxies")."""
+    logits = logits_BxTxV.astype(jnp.float32)
+    log_z_BxT = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    w = batch["weights"]
+    denom = jnp.maximum(jnp.sum(w), 1.0)
+    ce = -jnp.sum(w * (target_logit - log_z_BxT)) / denom
+    zl = z_loss * jnp.sum(w * jnp.square(log_z_BxT)) / denom
+    acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["targets"])) / denom
+    return ce + zl, {"loss": ce, "accuracy": acc, "log_z": jnp.sum(w * log_z_BxT) / denom}
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    return optax.global_norm(tree).astype(jnp.float32)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class StepFns(NamedTuple):
+    """The per-seed pure functions of one configuration, built once and cached."""
+
+    init_state: Callable[[jax.Array, jax.Array], TrainState]  # (key, lr) -> state
+    train_step: Callable[..., tuple[TrainState, dict]]        # (state, batch, key, with_probes) -> (state, metrics)
+    graphdef: Any
+
+
+def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
+                   probe_cfg: ProbeConfig) -> StepFns:
+    graphdef = model_lib.graphdef_of(model_cfg)
+    clip = optim.make_clip(optim_cfg)
+    tx = optim.make_optimizer(optim_cfg, max(train_cfg.steps, 1))
+    L, D = model_cfg.depth, model_cfg.d_model
+
+    def init_state(key: jax.Array, lr: jax.Array) -> TrainState:
+        _, params, rest = model_lib.init(model_cfg, key)
+        i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+        return TrainState(params, rest, optim.init_state(tx, params, lr), i32(0), jnp.asarray(True),
+                          jnp.asarray(jnp.nan, jnp.float32), i32(-1), i32(-1), i32(0), i32(-1))
+
+    def loss_fn(params, deltas, rest, batch):
+        logits, diags, new_rest = model_lib.apply(graphdef, params, rest, batch["inputs"], train=True,
+                                                  deltas_LxBxTxD=deltas)
+        total, metrics = cross_entropy(logits, batch, train_cfg.z_loss)
+        return total, (metrics, diags, new_rest)
+
+    def train_step(state: TrainState, batch: dict, key: jax.Array, with_probes: bool,
+                   apply_update: bool = True) -> tuple[TrainState, dict]:
+        del key  # no stochastic layers; kept so the step's signature is stable
+        B, T = batch["inputs"].shape
+        deltas = jnp.zeros((L, B, T, D), jnp.float32) if with_probes else None
+        argnums = (0, 1) if with_probes else 0
+        (_, (metrics, diags, new_rest)), g = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
+            state.params, deltas, state.rest, batch)
+        grads, act_grads = g if with_probes else (g, None)
+
+        clipped, _ = clip.update(grads, clip.init(state.params), state.params)
+        updates, new_opt_state = tx.update(clipped, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+
+        gnorm, gnorm_clipped = _global_norm(grads), _global_norm(clipped)
+        metrics = dict(metrics, grad_norm=gnorm, grad_norm_clipped=gnorm_clipped,
+                       clipped=gnorm_clipped < gnorm * (1.0 - 1e-6), update_norm=_global_norm(updates),
+                       param_norm=_global_norm(state.params),
+                       lr=optim.learning_rate(new_opt_state, state.step))
+
+        # Divergence and non-finite bookkeeping: the first occurrence is kept.
+        loss = metrics["loss"]
+        init_loss = jnp.where(state.step == 0, loss, state.init_loss)
+        loss_ok = jnp.isfinite(loss)
+        grads_ok, updates_ok = _all_finite(grads), _all_finite(updates)
+        diverged_now = state.alive & (~loss_ok | (loss > train_cfg.divergence_factor * init_loss))
+        what = jnp.where(~loss_ok, 1, jnp.where(~grads_ok, 2, jnp.where(~updates_ok, 3, 0)))
+        first_bad = (state.nonfinite_step < 0) & (what > 0)
+        bad_layer = probes.first_nonfinite_layer(grads)
+
+        keep = state.alive & ~diverged_now & jnp.asarray(apply_update)
+        choose = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=choose(new_params, state.params),
+            rest=choose(new_rest, state.rest),
+            opt_state=choose(new_opt_state, state.opt_state),
+            step=state.step + (1 if apply_update else 0),
+            alive=state.alive & ~diverged_now,
+            init_loss=init_loss,
+            diverged_step=jnp.where(diverged_now, state.step, state.diverged_step),
+            nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
+            nonfinite_what=jnp.where(first_bad, what, state.nonfinite_what),
+            nonfinite_layer=jnp.where(first_bad & (what == 2), bad_layer, state.nonfinite_layer),
+        )
+        if with_probes:
+            metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg)
+        return new_state, metrics
+
+    return StepFns(init_state, train_step, graphdef)
+
+
+@functools.lru_cache(maxsize=32)
+def cached_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
+                    probe_cfg: ProbeConfig) -> StepFns:
+    """Step functions per configuration; the learning rate is not part of the key (it lives in the state)."""
+    return build_step_fns(model_cfg, optim_cfg, train_cfg, probe_cfg)
+
+
+def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool) -> Callable:
+    """jit(vmap over seeds): one (probed) step then n_steps − 1 bare steps; returns per-step scalars [S, n]."""
+
+    def one_seed(state: TrainState, data_key: jax.Array):
+        def keyed(step):
+            return jax.random.fold_in(data_key, step)
+
+        state, first = fns.train_step(state, batch_fn(keyed(state.step)), keyed(state.step), with_probes)
+        layers = first.pop("layers", {})
+
+        def body(s, _):
+            s, m = fns.train_step(s, batch_fn(keyed(s.step)), keyed(s.step), False)
+            return s, m
+
+        state, rest_metrics = jax.lax.scan(body, state, None, length=n_steps - 1)
+        scalars = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest_metrics)
+        return state, scalars, layers
+
+    return jax.jit(jax.vmap(one_seed), donate_argnums=0)
+
+
+def make_measure(fns: StepFns, batch_fn: Callable) -> Callable:
+    """jit(vmap): per-layer probes of the current parameters without changing them."""
+
+    def one_seed(state: TrainState, data_key: jax.Array):
+        key = jax.random.fold_in(data_key, state.step)
+        _, metrics = fns.train_step(state, batch_fn(key), key, True, apply_update=False)
+        return metrics.pop("layers"), metrics
+
+    return jax.jit(jax.vmap(one_seed))

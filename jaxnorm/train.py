@@ -1,0 +1,191 @@
+"""One training run ("cell"): `train(model_cfg, optim_cfg, train_cfg, probe_cfg) -> History`.
+
+S seeds train together in one compiled program (`jax.vmap`). The loop dispatches a chunk of
+`log_every` steps, then reads the previous chunk's metrics while the device works on the next, so the
+host never stalls the device except at evaluation and Jacobian-probe points. A learning rate lives in
+the optimizer state, so cells that differ only in learning rate reuse one compiled program.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxnorm import model as model_lib
+from jaxnorm import probes
+from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
+from jaxnorm.data import Dataset, make_dataset
+from jaxnorm.history import History, nonfinite_records, stack_dicts
+from jaxnorm.step import StepFns, cached_step_fns, make_chunk, make_measure
+
+# Seeds' probe batch comes from a key independent of their training data.
+PROBE_KEY = 1_000_003
+_programs: dict[tuple, Callable] = {}
+
+
+def resolve_model_config(model_cfg: ModelConfig, data: Dataset) -> ModelConfig:
+    """The model config a task implies: its vocabulary, sequence length and causality."""
+    return model_cfg.replace(vocab_size=data.vocab_size, max_len=data.seq_len, causal=data.causal)
+
+
+def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, *args: Any) -> Callable:
+    """Compiled programs are cached by everything that shapes them, so a sweep compiles each shape once."""
+    key = (kind, fns, id(data), batch_size, *args)
+    if key not in _programs:
+        batch_fn = lambda k: data.batch(k, batch_size)  # noqa: E731
+        if kind == "chunk":
+            _programs[key] = make_chunk(fns, batch_fn, *args)
+        elif kind == "measure":
+            _programs[key] = make_measure(fns, batch_fn)
+        elif kind == "eval":
+            _programs[key] = _make_eval(fns, data, batch_size, *args)
+    return _programs[key]
+
+
+def _make_eval(fns: StepFns, data: Dataset, batch_size: int, eval_batches: int, z_loss: float) -> Callable:
+    from jaxnorm.step import cross_entropy
+
+    def one_seed(params, rest, key):
+        def one(k):
+            batch = data.batch(k, batch_size, "eval")
+            logits, _, _ = model_lib.apply(fns.graphdef, params, rest, batch["inputs"], train=False)
+            return cross_entropy(logits, batch, z_loss)[1]
+        m = jax.lax.map(one, jax.random.split(key, eval_batches))
+        return m["loss"].mean(), m["accuracy"].mean()
+
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))
+
+
+def _step_key_config(train_cfg: TrainConfig) -> TrainConfig:
+    """The part of TrainConfig the compiled step depends on (seed and bookkeeping fields normalised)."""
+    return train_cfg.replace(seed=0, seeds=1, progress=False, log_every=1, eval_every=1, eval_batches=1)
+
+
+def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
+          probe_cfg: ProbeConfig | None = None, *, desc: str | None = None) -> History:
+    """Train `train_cfg.seeds` models from seeds seed, seed+1, ... and return everything measured.
+
+    >>> from jaxnorm import ModelConfig, OptimConfig, TrainConfig, train
+    >>> h = train(ModelConfig(depth=2, d_model=32, num_heads=2, d_ff=64), OptimConfig(lr=3e-3),
+    ...           TrainConfig(task="copy", steps=20, seq_len=8, batch_size=8, progress=False))
+    >>> h.metrics["loss"].shape, h.layers["grad_norm/all"].shape
+    ((20, 1), (3, 1, 2))
+    """
+    probe_cfg = probe_cfg or ProbeConfig()
+    data = make_dataset(train_cfg)
+    model_cfg = resolve_model_config(model_cfg, data)
+    S, B = train_cfg.seeds, train_cfg.batch_size
+    seeds = [train_cfg.seed + s for s in range(S)]
+    fns = cached_step_fns(model_cfg, optim_cfg.replace(lr=1.0), _step_key_config(train_cfg), probe_cfg)
+
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    init_keys, data_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
+    t0 = time.perf_counter()
+    state = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None)))(init_keys, jnp.float32(optim_cfg.lr))
+    probe_tokens = data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
+    eval_fn = _program("eval", fns, data, B, train_cfg.eval_batches, train_cfg.z_loss)
+    eval_key = jax.random.key(train_cfg.seed + 7919)
+
+    step_metrics: list[dict[str, np.ndarray]] = []
+    layer_steps, layer_rows, jac_steps, jac_rows, eval_steps, eval_rows = [], [], [], [], [], []
+
+    def run_jacobian(at_step: int) -> None:
+        if probe_cfg.jacobian or probe_cfg.spectrum:
+            out = probes.jacobian_stats_seeds(fns.graphdef, state.params, state.rest, probe_tokens,
+                                              jax.random.key(PROBE_KEY + at_step), probe_cfg)
+            jac_rows.append(jax.tree.map(np.asarray, out))
+            jac_steps.append(at_step)
+
+    def run_eval(at_step: int) -> None:
+        loss, acc = eval_fn(state.params, state.rest, eval_key)
+        eval_rows.append((np.asarray(loss), np.asarray(acc)))
+        eval_steps.append(at_step)
+
+    bar = tqdm(total=train_cfg.steps, desc=desc or f"{model_cfg.block} L={model_cfg.depth}",
+               disable=not train_cfg.progress, leave=False, unit="step")
+    compile_s, steps_after_first = None, 0
+    done = 0
+    pending = None  # the previous chunk's outputs, read after the next chunk is dispatched
+    while done < train_cfg.steps:
+        n = min(train_cfg.log_every, train_cfg.steps - done)
+        if done == 0 or done // probe_cfg.probe_every != (done - n) // probe_cfg.probe_every:
+            run_jacobian(done)
+        chunk = _program("chunk", fns, data, B, n, probe_cfg_any(probe_cfg))
+        state, scalars, layers = chunk(state, data_keys)
+        if compile_s is None:
+            jax.block_until_ready(scalars)
+            compile_s = time.perf_counter() - t0
+            t_run = time.perf_counter()
+        else:
+            steps_after_first += n
+        if pending is not None:
+            _collect(pending, step_metrics, layer_steps, layer_rows, bar)
+        pending = (done, scalars, layers)
+        done += n
+        if done % train_cfg.eval_every == 0 and done < train_cfg.steps:
+            run_eval(done)
+        if not bool(np.any(np.asarray(state.alive))):
+            break
+    if pending is not None:
+        _collect(pending, step_metrics, layer_steps, layer_rows, bar)
+    bar.close()
+    run_s = time.perf_counter() - t_run if compile_s is not None else 0.0
+    if compile_s is None:  # steps == 0: the profile at initialisation is all there is
+        compile_s = time.perf_counter() - t0
+
+    # The end-of-training profile: probes of the final parameters (no update), eval, Jacobians.
+    final_layers, final_scalars = _program("measure", fns, data, B)(state, data_keys)
+    layer_rows.append(jax.tree.map(np.asarray, final_layers))
+    layer_steps.append(done)
+    run_eval(done)
+    if not jac_steps or jac_steps[-1] != done:
+        run_jacobian(done)
+
+    if step_metrics:
+        metrics = {k: np.concatenate([m[k] for m in step_metrics], axis=1).T for k in step_metrics[0]}
+    else:  # steps == 0: the measurement pass's scalars stand for step 0
+        metrics = {k: np.asarray(v)[None] for k, v in final_scalars.items()}
+    host = jax.tree.map(np.asarray, state._asdict())
+    return History(
+        seeds=seeds,
+        steps=np.arange(metrics["loss"].shape[0]),
+        metrics=metrics,
+        layer_steps=np.asarray(layer_steps),
+        layers=stack_dicts(layer_rows),
+        jacobian_steps=np.asarray(jac_steps, dtype=int),
+        jacobian=stack_dicts(jac_rows),
+        eval_steps=np.asarray(eval_steps),
+        eval_loss=np.stack([r[0] for r in eval_rows]),
+        eval_accuracy=np.stack([r[1] for r in eval_rows]),
+        diverged=host["diverged_step"] >= 0,
+        diverged_step=host["diverged_step"],
+        nonfinite=nonfinite_records(host["nonfinite_step"], host["nonfinite_what"], host["nonfinite_layer"]),
+        config={"model": to_dict(model_cfg), "optim": to_dict(optim_cfg), "train": to_dict(train_cfg),
+                "probe": to_dict(probe_cfg), "data": {"fingerprint": getattr(data, "corpus_fingerprint", None)}},
+        timing={"compile_s": float(compile_s), "run_s": float(run_s),
+                "steps_per_s": steps_after_first / run_s if steps_after_first else float("nan")},
+    )
+
+
+def probe_cfg_any(probe_cfg: ProbeConfig) -> bool:
+    """Whether the first step of each chunk computes per-layer probes at all."""
+    return probe_cfg.grads or probe_cfg.activations or probe_cfg.attention or probe_cfg.alignment
+
+
+def _collect(pending, step_metrics, layer_steps, layer_rows, bar) -> None:
+    start, scalars, layers = pending
+    host = jax.tree.map(np.asarray, scalars)
+    step_metrics.append(host)
+    if layers:
+        layer_rows.append(jax.tree.map(np.asarray, layers))
+        layer_steps.append(start)
+    n = host["loss"].shape[1]
+    loss = host["loss"][:, -1]
+    bar.set_postfix(loss=f"{np.nanmean(loss):.3f}")
+    bar.update(n)
+
