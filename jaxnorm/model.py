@@ -100,6 +100,7 @@ class Model(nnx.Module):
         self.head = nnx.Linear(D, cfg.vocab_size, kernel_init=jax.nn.initializers.xavier_uniform(),
                                bias_init=jax.nn.initializers.zeros, rngs=rngs)
         apply_init_scheme(self, cfg, rngs.params())
+        self.encoder.blocks.attn.refresh_sigma()  # σReparam's stored u, v must follow rescaled kernels
         if cfg.block == "admin":
             self._set_admin_omega(rngs.params())
 
@@ -153,6 +154,7 @@ def graphdef_of(cfg: ModelConfig) -> nnx.GraphDef:
 def apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, tokens_BxT: jax.Array, *,
           train: bool, deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
     """Pure forward pass: (logits, per-layer diagnostics, updated rest)."""
-    model = nnx.merge(graphdef, params, rest)
+    # copy=True: the caller's state may be closed over from an outer trace, whose Variables must not be mutated.
+    model = nnx.merge(graphdef, params, rest, copy=True)
     logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD)
     return logits, diags, nnx.state(model, nnx.Not(nnx.Param))
