@@ -55,7 +55,7 @@ def cross_entropy(logits_BxTxV: jax.Array, batch: dict[str, jax.Array], z_loss: 
 
 
 def _global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree).astype(jnp.float32)
+    return optax.tree.norm(tree).astype(jnp.float32)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -107,7 +107,7 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         metrics = dict(metrics, grad_norm=gnorm, grad_norm_clipped=gnorm_clipped,
                        clipped=gnorm_clipped < gnorm * (1.0 - 1e-6), update_norm=_global_norm(updates),
                        param_norm=_global_norm(state.params),
-                       lr=optim.learning_rate(new_opt_state, state.step))
+                       lr=optim.learning_rate(new_opt_state, state.step, optim_cfg, max(train_cfg.steps, 1)))
 
         # Divergence and non-finite bookkeeping: the first occurrence is kept.
         loss = metrics["loss"]
@@ -148,32 +148,36 @@ def cached_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: T
 
 
 def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool) -> Callable:
-    """jit(vmap over seeds): one (probed) step then n_steps − 1 bare steps; returns per-step scalars [S, n]."""
+    """jit(vmap over seeds): one (probed) step then n_steps − 1 bare steps; returns per-step scalars [S, n].
 
-    def one_seed(state: TrainState, data_key: jax.Array):
+    Called as chunk(state, data_keys, data): `data` (a Dataset pytree) is an argument rather than a closed-over
+    constant, and `batch_fn(data, key)` draws a batch from it."""
+
+    def one_seed(state: TrainState, data_key: jax.Array, data: Any):
+        batch_fn_ = functools.partial(batch_fn, data)
         def keyed(step):
             return jax.random.fold_in(data_key, step)
 
-        state, first = fns.train_step(state, batch_fn(keyed(state.step)), keyed(state.step), with_probes)
+        state, first = fns.train_step(state, batch_fn_(keyed(state.step)), keyed(state.step), with_probes)
         layers = first.pop("layers", {})
 
         def body(s, _):
-            s, m = fns.train_step(s, batch_fn(keyed(s.step)), keyed(s.step), False)
+            s, m = fns.train_step(s, batch_fn_(keyed(s.step)), keyed(s.step), False)
             return s, m
 
         state, rest_metrics = jax.lax.scan(body, state, None, length=n_steps - 1)
         scalars = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest_metrics)
         return state, scalars, layers
 
-    return jax.jit(jax.vmap(one_seed), donate_argnums=0)
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)), donate_argnums=0)
 
 
 def make_measure(fns: StepFns, batch_fn: Callable) -> Callable:
-    """jit(vmap): per-layer probes of the current parameters without changing them."""
+    """jit(vmap): per-layer probes of the current parameters without changing them; (state, keys, data)."""
 
-    def one_seed(state: TrainState, data_key: jax.Array):
+    def one_seed(state: TrainState, data_key: jax.Array, data: Any):
         key = jax.random.fold_in(data_key, state.step)
-        _, metrics = fns.train_step(state, batch_fn(key), key, True, apply_update=False)
+        _, metrics = fns.train_step(state, batch_fn(data, key), key, True, apply_update=False)
         return metrics.pop("layers"), metrics
 
-    return jax.jit(jax.vmap(one_seed))
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))

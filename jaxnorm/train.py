@@ -17,11 +17,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnorm import model as model_lib
-from jaxnorm import probes
+from jaxnorm import probes, sharding
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
 from jaxnorm.data import Dataset, make_dataset
 from jaxnorm.history import History, nonfinite_records, stack_dicts
-from jaxnorm.step import StepFns, cached_step_fns, make_chunk, make_measure
+from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, make_measure
 
 # Seeds' probe batch comes from a key independent of their training data.
 PROBE_KEY = 1_000_003
@@ -35,22 +35,23 @@ def resolve_model_config(model_cfg: ModelConfig, data: Dataset) -> ModelConfig:
 
 def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, *args: Any) -> Callable:
     """Compiled programs are cached by everything that shapes them, so a sweep compiles each shape once."""
-    key = (kind, fns, id(data), batch_size, *args)
+    mesh = sharding.data_mesh()
+    key = (kind, fns, jax.tree.structure(data), batch_size, mesh, *args)
     if key not in _programs:
-        batch_fn = lambda k: data.batch(k, batch_size)  # noqa: E731
+        batch_fn = lambda d, k: sharding.shard_batch(d.batch(k, batch_size), mesh)  # noqa: E731
         if kind == "chunk":
             _programs[key] = make_chunk(fns, batch_fn, *args)
         elif kind == "measure":
             _programs[key] = make_measure(fns, batch_fn)
         elif kind == "eval":
-            _programs[key] = _make_eval(fns, data, batch_size, *args)
+            _programs[key] = _make_eval(fns, batch_size, *args)
     return _programs[key]
 
 
-def _make_eval(fns: StepFns, data: Dataset, batch_size: int, eval_batches: int, z_loss: float) -> Callable:
-    from jaxnorm.step import cross_entropy
+def _make_eval(fns: StepFns, batch_size: int, eval_batches: int, z_loss: float) -> Callable:
+    """jit(vmap over seeds): held-out loss and accuracy over `eval_batches` batches; (params, rest, key, data)."""
 
-    def one_seed(params, rest, key):
+    def one_seed(params, rest, key, data):
         def one(k):
             batch = data.batch(k, batch_size, "eval")
             logits, _, _ = model_lib.apply(fns.graphdef, params, rest, batch["inputs"], train=False)
@@ -58,7 +59,7 @@ def _make_eval(fns: StepFns, data: Dataset, batch_size: int, eval_batches: int, 
         m = jax.lax.map(one, jax.random.split(key, eval_batches))
         return m["loss"].mean(), m["accuracy"].mean()
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)))
 
 
 def _step_key_config(train_cfg: TrainConfig) -> TrainConfig:
@@ -85,8 +86,11 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
 
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, data_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
+    mesh = sharding.data_mesh()
+    sharding.check_batch_divisible(B, mesh)
     t0 = time.perf_counter()
     state = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None)))(init_keys, jnp.float32(optim_cfg.lr))
+    state, data_keys = sharding.replicate((state, data_keys), mesh)
     probe_tokens = data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
     eval_fn = _program("eval", fns, data, B, train_cfg.eval_batches, train_cfg.z_loss)
     eval_key = jax.random.key(train_cfg.seed + 7919)
@@ -102,7 +106,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
             jac_steps.append(at_step)
 
     def run_eval(at_step: int) -> None:
-        loss, acc = eval_fn(state.params, state.rest, eval_key)
+        loss, acc = eval_fn(state.params, state.rest, eval_key, data)
         eval_rows.append((np.asarray(loss), np.asarray(acc)))
         eval_steps.append(at_step)
 
@@ -116,7 +120,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
         if done == 0 or done // probe_cfg.probe_every != (done - n) // probe_cfg.probe_every:
             run_jacobian(done)
         chunk = _program("chunk", fns, data, B, n, probe_cfg_any(probe_cfg))
-        state, scalars, layers = chunk(state, data_keys)
+        state, scalars, layers = chunk(state, data_keys, data)
         if compile_s is None:
             jax.block_until_ready(scalars)
             compile_s = time.perf_counter() - t0
@@ -139,7 +143,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
         compile_s = time.perf_counter() - t0
 
     # The end-of-training profile: probes of the final parameters (no update), eval, Jacobians.
-    final_layers, final_scalars = _program("measure", fns, data, B)(state, data_keys)
+    final_layers, final_scalars = _program("measure", fns, data, B)(state, data_keys, data)
     layer_rows.append(jax.tree.map(np.asarray, final_layers))
     layer_steps.append(done)
     run_eval(done)

@@ -1,0 +1,186 @@
+"""Train a grid of Transformers over depth and record where gradients vanish or explode.
+
+    python -m experiments.depth_sweep                      # the `quick` preset (9 cells, CPU-sized)
+    python -m experiments.depth_sweep --preset paper --shard 0/4 --out runs/paper
+    python -m experiments.depth_sweep --depths 2,8,32 --blocks post_ln,pre_ln --lrs 1e-3,3e-3 --out runs/mine
+
+Flags override the preset. Rerunning the same command resumes (finished cells are skipped). Invalid
+input prints one line `error: <field>: <problem>; allowed: ...` and exits with status 2 before anything
+is written. Results: <out>/results.csv, or `jaxnorm.results.load(<out>)` in a notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from jaxnorm.config import ATTENTIONS, BLOCKS, CLIPS, NORMS, OPTIMIZERS, TASKS, ConfigError
+
+PRESET_NAMES = ("quick", "paper", "init")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        _die(message)
+
+
+def _die(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _flag_error(flag: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{flag}: invalid value {value!r}; allowed: {allowed}")
+
+
+def _split(flag: str, text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise _flag_error(flag, text, "a comma-separated list without empty items")
+    return items
+
+
+def _ints(flag: str, text: str | None, minimum: int = 1) -> list[int] | None:
+    items = _split(flag, text)
+    try:
+        values = None if items is None else [int(t) for t in items]
+    except ValueError:
+        values = [minimum - 1]
+    if values is not None and any(v < minimum for v in values):
+        raise _flag_error(flag, text, f"comma-separated integers >= {minimum}")
+    return values
+
+
+def _int(flag: str, text: str | None, minimum: int) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise _flag_error(flag, text, f"an integer >= {minimum}")
+    return value
+
+
+def _floats(flag: str, text: str | None) -> list[float] | None:
+    items = _split(flag, text)
+    try:
+        values = None if items is None else [float(t) for t in items]
+    except ValueError:
+        raise _flag_error(flag, text, "comma-separated numbers > 0") from None
+    return values
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise _flag_error("--shard", text, "i/n with integers 0 <= i < n, e.g. 0/4")
+    return shard
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m experiments.depth_sweep", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--preset", default="quick", help=f"base grid, one of: {', '.join(PRESET_NAMES)} (default quick)")
+    a("--depths", help="comma-separated depths L >= 1, e.g. 2,8,32")
+    a("--blocks", help=f"comma-separated, from: {', '.join(BLOCKS)}")
+    a("--norms", help=f"comma-separated, from: {', '.join(NORMS)}")
+    a("--attentions", help=f"comma-separated, from: {', '.join(ATTENTIONS)}")
+    a("--optimizers", help=f"comma-separated, from: {', '.join(OPTIMIZERS)}")
+    a("--clip", help=f"comma-separated clippings: none or <kind>:<c>, kind from {', '.join(c for c in CLIPS if c != 'none')}"
+                     ", e.g. none,global_norm:1.0,value:0.5,agc:0.01")
+    a("--lrs", help="comma-separated peak learning rates > 0, e.g. 1e-3,3e-3")
+    a("--seeds", help="models per cell, trained together (vmapped); integer >= 1")
+    a("--steps", help="optimizer steps per cell; 0 = gradients at initialisation only")
+    a("--task", help=f"one of: {', '.join(TASKS)} (lm is causal; the others bidirectional)")
+    a("--batch-size", help="sequences per step, integer >= 1")
+    a("--seq-len", help="sequence length T (even for reverse/sort/copy)")
+    a("--d-model", help="residual width D (divisible by --heads)")
+    a("--heads", help="attention heads H")
+    a("--d-ff", help="MLP hidden width F")
+    a("--log-every", help="metrics to the host (and metrics.jsonl) every N steps")
+    a("--eval-every", help="held-out loss every N steps (and at the end)")
+    a("--probe-every", help="Jacobian probes every N steps (and at step 0 and the end)")
+    a("--text-file", help="corpus for --task lm (default: the Python standard library's source)")
+    a("--out", help="run directory (default runs/<preset>); rerun the same command to resume")
+    a("--shard", default="0/1", help="i/n: run cells i, i+n, i+2n, ... so n machines share one --out")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def build_spec(args: argparse.Namespace):
+    """The preset's spec with every given flag applied; ConfigError on any invalid input."""
+    from jaxnorm.sweep import preset
+
+    if args.preset not in PRESET_NAMES:
+        raise _flag_error("--preset", args.preset, ", ".join(PRESET_NAMES))
+    spec = preset(args.preset)
+    axes: dict[str, Any] = {}
+    for flag, name in (("--blocks", "blocks"), ("--norms", "norms"), ("--attentions", "attentions"),
+                       ("--optimizers", "optimizers"), ("--clip", "clips")):
+        if (v := _split(flag, getattr(args, name if name != "clips" else "clip"))) is not None:
+            axes[name] = tuple(v)
+    if (v := _ints("--depths", args.depths)) is not None:
+        axes["depths"] = tuple(v)
+    if (v := _floats("--lrs", args.lrs)) is not None:
+        axes["lrs"] = tuple(v)
+    if (v := _int("--seeds", args.seeds, 1)) is not None:
+        axes["seeds"] = v
+    train, model, probe = {}, {}, {}
+    for flag, attr, target, field, minimum in (
+            ("--steps", "steps", train, "steps", 0), ("--batch-size", "batch_size", train, "batch_size", 1),
+            ("--seq-len", "seq_len", train, "seq_len", 2), ("--log-every", "log_every", train, "log_every", 1),
+            ("--eval-every", "eval_every", train, "eval_every", 1), ("--d-model", "d_model", model, "d_model", 1),
+            ("--heads", "heads", model, "num_heads", 1), ("--d-ff", "d_ff", model, "d_ff", 1),
+            ("--probe-every", "probe_every", probe, "probe_every", 1)):
+        if (v := _int(flag, getattr(args, attr), minimum)) is not None:
+            target[field] = v
+    if args.task is not None:
+        if args.task not in TASKS:
+            raise _flag_error("--task", args.task, ", ".join(TASKS))
+        train["task"] = args.task
+    if args.text_file is not None:
+        train["text_file"] = args.text_file
+    return spec.replace(**axes, train=spec.train.replace(**train), model=spec.model.replace(**model),
+                        probe=spec.probe.replace(**probe))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    out = args.out or f"runs/{args.preset}"
+    try:
+        spec = build_spec(args)
+        shard = parse_shard(args.shard)
+        from jaxnorm import sweep
+        sweep.validate(spec, out, shard)
+    except ValueError as e:  # ConfigError, DataError: one line, nothing written
+        _die(str(e))
+    from jaxnorm import results
+
+    try:
+        df = sweep.run(spec, out, shard=shard, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        done = len(results.load(out).cell_id.unique()) if (Path(out) / "cells").exists() else 0
+        command = shlex.join([sys.executable, "-m", "experiments.depth_sweep", *argv])
+        print(f"\ninterrupted: {done} finished cells are saved in {out}; resume with:\n  {command}", file=sys.stderr)
+        return 130
+    print(results.summary_table(df))
+    n_div = int(df["diverged"].sum()) if len(df) else 0
+    print(f"{df.cell_id.nunique() if len(df) else 0} cells, {len(df)} runs, {n_div} diverged -> {out}/results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Figures of a run directory: `draw_all(run_dir)` writes every PNG whose data the run has.
+
+>>> from jaxnorm import plots, plots_layers, plots_training, results
+>>> paths = plots.draw_all("runs/quick")              # -> runs/quick/figures/*.png
+>>> df = results.load("runs/quick")                   # or draw one figure inline in a notebook:
+>>> fig = plots_layers.grad_profile(df, plots.LayerStore("runs/quick"))
+
+The figure functions live in `plots_layers` (per-layer profiles, spectra) and `plots_training` (losses,
+stability, learning rates); each takes data (a results DataFrame, a mapping cell_id -> layers.npz arrays,
+a metrics DataFrame) and returns a matplotlib `Figure`, or None when the data it needs is absent.
+This module holds what they share: the Agg backend, mean-over-seeds lines with min–max bands, the
+choice of which cells a figure shows, and saving. Legends use the registry names (block, optimizer, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window (works headless, in CI and on TPU hosts)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from jaxnorm import results  # noqa: E402
+
+AXES = list(results.AXIS_COLUMNS)  # depth, block, norm, attention, optimizer, clip, lr
+DPI = 110
+PANEL_W, PANEL_H = 4.2, 3.2
+
+
+class NotARunDir(ValueError):
+    """The directory is not a jaxnorm run directory (no sweep.json or no cells/)."""
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "sweep.json").is_file() or not (run_dir / "cells").is_dir():
+        raise NotARunDir(f"{str(run_dir)!r}: not a run directory (no sweep.json and cells/); "
+                         f"allowed: a directory written by jaxnorm.sweep.run")
+    return run_dir
+
+
+class LayerStore(Mapping):
+    """cell_id -> that cell's layers.npz arrays, read on first use (a paper sweep has thousands)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def __getitem__(self, cell_id: str) -> dict[str, np.ndarray]:
+        if cell_id not in self._cache:
+            try:
+                self._cache[cell_id] = results.load_layers(self.run_dir, cell_id)
+            except FileNotFoundError:
+                raise KeyError(cell_id) from None
+        return self._cache[cell_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(p.parent.name for p in (self.run_dir / "cells").glob("*/layers.npz")))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+# --- which cells a figure shows ---------------------------------------------------------------------------
+
+def cells_of(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell (the first seed's row), in the sweep's order."""
+    return df.drop_duplicates("cell_id").reset_index(drop=True)
+
+
+def values(df: pd.DataFrame, col: str) -> list:
+    """The distinct values of a column in order of first appearance (= the sweep's axis order), depths sorted."""
+    vals = list(dict.fromkeys(df[col].tolist()))
+    return sorted(vals) if col in ("depth", "lr") else vals
+
+
+def varying(df: pd.DataFrame, cols: Sequence[str] = AXES) -> list[str]:
+    return [c for c in cols if c in df.columns and df[c].nunique(dropna=False) > 1]
+
+
+def fix_others(df: pd.DataFrame, keep: Sequence[str]) -> tuple[pd.DataFrame, str]:
+    """Rows whose axes outside `keep` equal their first value in the sweep; and a caption naming those values.
+
+    A figure with panels by block and lines by depth cannot also show every optimizer and learning
+    rate; it shows the first of each (the caption says which), so nothing is averaged silently."""
+    fixed = {}
+    for col in varying(df):
+        if col not in keep:
+            fixed[col] = df[col].iloc[0]
+            df = df[df[col] == fixed[col]]
+    return df, ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
+
+
+def label_of(row: Any, cols: Sequence[str]) -> str:
+    parts = []
+    for c in cols:
+        v = row[c] if isinstance(row, (dict, pd.Series)) else getattr(row, c)
+        parts.append(f"L={v}" if c == "depth" else f"lr={v:g}" if c == "lr" else str(v))
+    return " ".join(parts)
+
+
+# --- drawing ------------------------------------------------------------------------------------------------
+
+def grid(nrows: int, ncols: int, *, sharey: bool | str = False, w: float = PANEL_W,
+         h: float = PANEL_H) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, sharey=sharey,
+                             layout="constrained")
+    return fig, axes
+
+
+def colors(n: int, cmap: str = "viridis") -> list:
+    """n distinguishable colours: along a sequential colormap for ordered quantities (depth, learning rate),
+    or the first n of a qualitative one ("tab10", "tab20") for categories."""
+    cm = plt.get_cmap(cmap)
+    if cmap.startswith("tab"):
+        return [cm(i % cm.N) for i in range(n)]
+    return [cm(0.85 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def mean_band(ax, x: np.ndarray, y_SxN: np.ndarray, *, label: str | None = None, color=None,
+              log: bool = False, **line_kw) -> None:
+    """Mean over seeds (axis 0) as a line; the min–max range over seeds as a band when there are several.
+    Non-finite values (a diverged seed) are left out; on a log axis so are values <= 0, and the line is the
+    geometric mean (seeds' gradient norms differ by factors, not offsets)."""
+    y = np.asarray(y_SxN, dtype=np.float64)
+    y = np.atleast_2d(y)
+    y = np.where(np.isfinite(y) & ((y > 0) if log else True), y, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-diverged step is data, not a problem
+        mean = np.exp(np.nanmean(np.log(y), axis=0)) if log else np.nanmean(y, axis=0)
+        lo, hi = np.nanmin(y, axis=0), np.nanmax(y, axis=0)
+    (line,) = ax.plot(x, mean, label=label, color=color, **line_kw)
+    if y.shape[0] > 1:
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
+
+
+def legend(ax, n: int | None = None, **kw) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        n = n or len(handles)
+        ax.legend(fontsize="small" if n <= 8 else "x-small", ncol=1 if n <= 10 else 2, framealpha=0.7, **kw)
+
+
+def suptitle(fig: Figure, title: str, caption: str = "") -> None:
+    """Title (and a caption in parentheses), wrapped to the figure's width so narrow figures keep it whole."""
+    width = max(30, int(fig.get_figwidth() * 11))
+    text = textwrap.fill(title, width) + (f"\n{textwrap.fill(f'({caption})', width)}" if caption else "")
+    fig.suptitle(text, fontsize="medium")
+
+
+def save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+# --- everything ---------------------------------------------------------------------------------------------
+
+# File name -> what it shows (the report's captions, in the report's order).
+FIGURES = {
+    "loss_vs_depth.png": "Final training loss vs depth (× = a diverged seed, drawn at its initial loss).",
+    "stability_map.png": "Fraction of runs that trained, per depth and block (trained = not diverged and final "
+                         "loss below half the initial loss).",
+    "loss_curves.png": "Training loss vs step for every cell (mean over seeds, band = min–max).",
+    "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ at initialisation and at the end.",
+    "act_grad_profile.png": "Residual-stream gradient ‖∂loss/∂x_l‖ per layer at initialisation and at the end.",
+    "jacobian_profile.png": "Layer Jacobian spectral norm ‖∂x_{l+1}/∂x_l‖₂ per layer.",
+    "jacobian_spectrum.png": "Singular values of the end-to-end Jacobian ∂x_L/∂x_0 at the smallest and largest depth.",
+    "token_alignment.png": "Token alignment (mean pairwise cosine of token vectors; 1 = rank collapse) per layer.",
+    "lr_sensitivity.png": "Final loss vs learning rate; the legend gives LR sensitivity (Wortsman et al. 2023).",
+    "logit_growth.png": "Max attention logit and mean output log Z over training, per learning rate.",
+}
+
+
+def figure_makers() -> dict[str, Callable[[pd.DataFrame, Mapping, Callable[[], pd.DataFrame]], Figure | None]]:
+    """File name -> function(df, layers, metrics) drawing it; the order is the report's."""
+    from jaxnorm import plots_layers as pl
+    from jaxnorm import plots_training as pt
+
+    return {
+        "loss_vs_depth.png": lambda df, lay, met: pt.loss_vs_depth(df),
+        "stability_map.png": lambda df, lay, met: pt.stability_map(df),
+        "loss_curves.png": lambda df, lay, met: pt.loss_curves(met()),
+        "grad_profile.png": lambda df, lay, met: pl.grad_profile(df, lay),
+        "act_grad_profile.png": lambda df, lay, met: pl.act_grad_profile(df, lay),
+        "jacobian_profile.png": lambda df, lay, met: pl.jacobian_profile(df, lay),
+        "jacobian_spectrum.png": lambda df, lay, met: pl.jacobian_spectrum(df, lay),
+        "token_alignment.png": lambda df, lay, met: pl.token_alignment(df, lay),
+        "lr_sensitivity.png": lambda df, lay, met: pt.lr_sensitivity_curves(df),
+        "logit_growth.png": lambda df, lay, met: pt.logit_growth(df, met(), lay),
+    }
+
+
+def draw_all(run_dir: str | Path) -> list[Path]:
+    """Write every figure the run has data for into <run_dir>/figures/; returns their paths.
+
+    A figure whose data is absent (one depth, no training, no learning-rate sweep, no singular values)
+    is skipped, and a stale copy of it from an earlier call is removed so the report never shows it."""
+    run_dir = check_run_dir(run_dir)
+    out = run_dir / "figures"
+    out.mkdir(exist_ok=True)
+    df = results.load(run_dir)
+    layers = LayerStore(run_dir)
+    metrics_cache: list[pd.DataFrame] = []
+
+    def metrics() -> pd.DataFrame:
+        if not metrics_cache:
+            metrics_cache.append(results.load_metrics(run_dir))
+        return metrics_cache[0]
+
+    written = []
+    for name, make in figure_makers().items():
+        fig = make(df, layers, metrics) if not df.empty else None
+        path = out / name
+        if fig is None:
+            if path.exists():
+                os.remove(path)
+            continue
+        tmp = out / f".{name}.tmp.png"
+        save(fig, tmp)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

@@ -1,0 +1,240 @@
+"""Training figures: final loss vs depth, stability map, loss curves, LR sensitivity, logit growth.
+
+Each takes `df` (`results.load`: one row per cell and seed) and, where it needs per-step data, `metrics`
+(`results.load_metrics`) or `layers` (cell_id -> layers.npz arrays); each returns a Figure, or None when
+the run has no such data (no training, a single depth, a single learning rate).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from jaxnorm import results
+from jaxnorm.plots import cells_of, colors, fix_others, grid, label_of, legend, mean_band, suptitle, values, varying
+
+# A run "trained" if it did not diverge and its final loss is below this fraction of its initial loss.
+# Half is a clear bar on every task here: it is far from chance (the initial loss) and far from the
+# best loss a working model reaches (reverse/sort/copy go to ~0, char-level lm to ~1/3 of ln 256).
+TRAINED_FRACTION = 0.5
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def trained(df: pd.DataFrame) -> pd.Series:
+    """Per (cell, seed) row: not diverged, finite final loss < TRAINED_FRACTION × initial loss."""
+    loss = df["final_loss"].astype(float)
+    return ~df["diverged"].astype(bool) & np.isfinite(loss) & (loss < TRAINED_FRACTION * df["initial_loss"])
+
+
+def has_training(df: pd.DataFrame) -> bool:
+    return not df.empty and "steps" in df and bool((df["steps"].fillna(0) > 0).any())
+
+
+def capped_loss(df: pd.DataFrame, loss: str = "final_loss") -> pd.Series:
+    """The loss LR sensitivity uses: capped at the initial loss; a diverged or non-finite run = initial loss."""
+    value, l0 = df[loss].astype(float), df["initial_loss"].astype(float)
+    bad = df["diverged"].astype(bool) | ~np.isfinite(value)
+    return pd.Series(np.where(bad, l0, np.minimum(value, l0)), index=df.index)
+
+
+def _panels(df: pd.DataFrame, cols: tuple[str, ...]) -> list[tuple]:
+    """Combinations of `cols` (only those that vary) present in df, in order; [()] if none vary."""
+    cols = tuple(c for c in cols if c in varying(df))
+    return [()] if not cols else list(dict.fromkeys(map(tuple, df[list(cols)].itertuples(index=False))))
+
+
+def _select(df: pd.DataFrame, cols: tuple[str, ...], key: tuple) -> pd.DataFrame:
+    cols = tuple(c for c in cols if c in varying(df))
+    mask = np.ones(len(df), dtype=bool)
+    for c, v in zip(cols, key):
+        mask &= (df[c] == v).to_numpy()
+    return df[mask]
+
+
+def _panel_title(df: pd.DataFrame, cols: tuple[str, ...], key: tuple) -> str:
+    names = [c for c in cols if c in varying(df)]
+    if not names:  # one panel: name the fixed values instead
+        return " ".join(f"{c}={df[c].iloc[0]}" for c in cols if c in df)
+    return " ".join(f"{c}={v}" for c, v in zip(names, key))
+
+
+def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
+    """Final train loss vs depth, one panel per optimizer × clip, one line per block (× norm × attention).
+
+    With several learning rates each point uses the best one (lowest mean capped loss). The line is the
+    mean over seeds that did not diverge (band = their min–max); each diverged seed is an × at its initial loss."""
+    if not has_training(df) or df["depth"].nunique() < 2:
+        return None
+    df = df.assign(_capped=capped_loss(df))
+    panel_cols, line_cols = ("optimizer", "clip"), ("block", "norm", "attention")
+    label_cols = [c for c in line_cols if c in varying(df)] or ["block"]
+    panels = _panels(df, panel_cols)
+    lines = list(dict.fromkeys(map(tuple, df[label_cols].itertuples(index=False))))
+    color = dict(zip(lines, colors(len(lines), "tab10" if len(lines) <= 10 else "tab20")))
+    fig, axes = grid(1, len(panels), sharey=True)
+    for ax, pkey in zip(axes[0], panels):
+        sub = _select(df, panel_cols, pkey)
+        for line in lines:
+            pts = sub[(sub[label_cols] == pd.Series(line, index=label_cols)).all(axis=1)]
+            if pts.empty:
+                continue
+            best = pts.groupby(["depth", "lr"])["_capped"].mean().reset_index()
+            best = best.loc[best.groupby("depth")["_capped"].idxmin()]
+            rows = pts.merge(best[["depth", "lr"]], on=["depth", "lr"])
+            ok, bad = rows[~rows.diverged.astype(bool)], rows[rows.diverged.astype(bool)]
+            depths = values(rows, "depth")
+            per_depth = [ok[ok.depth == d]["final_loss"].astype(float).to_numpy() for d in depths]
+            width = max((len(v) for v in per_depth), default=1) or 1
+            y = np.full((width, len(depths)), np.nan)
+            for j, v in enumerate(per_depth):
+                y[:len(v), j] = v
+            mean_band(ax, np.asarray(depths, dtype=float), y, label=" ".join(map(str, line)), color=color[line],
+                      marker="o", markersize=4)
+            if not bad.empty:
+                ax.scatter(bad.depth, bad.initial_loss, marker="x", s=50, color=color[line], zorder=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values(df, "depth"), [str(d) for d in values(df, "depth")])
+        ax.set_xlabel("depth L (number of blocks)")
+        ax.set_title(_panel_title(df, panel_cols, pkey), fontsize="small")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("final train loss (nats/token)")
+    axes[0, 0].scatter([], [], marker="x", color="k", label="diverged seed (at its initial loss)")
+    legend(axes[0, 0])
+    lr_note = "best lr per point" if df["lr"].nunique() > 1 else ""
+    suptitle(fig, "Final training loss vs depth (mean over seeds that did not diverge, band = min–max)", lr_note)
+    return fig
+
+
+def stability_map(df: pd.DataFrame) -> Figure | None:
+    """Heatmap over depth × block of the fraction of runs (seeds × lrs × norms × attentions) that trained,
+    one panel per optimizer (× clip when clipping varies); each square is annotated trained/total."""
+    if not has_training(df):
+        return None
+    df = df.assign(_trained=trained(df))
+    panel_cols = ("optimizer", "clip")
+    panels = _panels(df, panel_cols)
+    blocks, depths = values(df, "block"), values(df, "depth")
+    fig, axes = grid(1, len(panels), w=max(4.2, 0.75 * len(depths) + 2.4), h=max(3.0, 0.42 * len(blocks) + 1.8))
+    image = None
+    for ax, pkey in zip(axes[0], panels):
+        sub = _select(df, panel_cols, pkey)
+        frac = np.full((len(blocks), len(depths)), np.nan)
+        for i, b in enumerate(blocks):
+            for j, d in enumerate(depths):
+                runs = sub[(sub.block == b) & (sub.depth == d)]["_trained"]
+                if len(runs):
+                    frac[i, j] = runs.mean()
+                    ax.text(j, i, f"{int(runs.sum())}/{len(runs)}", ha="center", va="center", fontsize="small",
+                            color="white" if frac[i, j] < 0.25 else "black")
+        image = ax.imshow(frac, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+        ax.set_yticks(range(len(blocks)), blocks)
+        ax.set_xlabel("depth L")
+        ax.set_title(_panel_title(df, panel_cols, pkey), fontsize="small")
+    fig.colorbar(image, ax=axes[0, -1], label="fraction of runs that trained")
+    suptitle(fig, "Stability map: runs that trained / runs",
+             f"trained = not diverged and final loss < {TRAINED_FRACTION:g} × initial loss; "
+             "pooled over seeds, learning rates, norms, attentions")
+    return fig
+
+
+def loss_curves(metrics: pd.DataFrame, panel: str = "block") -> Figure | None:
+    """Train loss vs step, one panel per block, one line per cell (colour = depth, style = the other axes)."""
+    if metrics.empty or "loss" not in metrics or metrics["step"].max() <= 0:
+        return None
+    m = metrics.dropna(subset=["loss"])
+    label_cols = [c for c in varying(m) if c != panel]
+    panels, depths = values(m, panel), values(m, "depth")
+    color = dict(zip(depths, colors(len(depths))))
+    ymax = 1.3 * float(m[m.step == m.step.min()]["loss"].max())
+    fig, axes = grid(1, len(panels), sharey=True)
+    for ax, p in zip(axes[0], panels):
+        sub = m[m[panel] == p]
+        style: dict[int, int] = {}
+        for cid, cell in sub.groupby("cell_id", sort=False):
+            table = cell.pivot_table(index="step", columns="seed", values="loss", aggfunc="first")
+            d = int(cell.depth.iloc[0])
+            k = style[d] = style.get(d, -1) + 1
+            mean_band(ax, table.index.to_numpy(), table.to_numpy().T, color=color[d],
+                      linestyle=LINESTYLES[k % len(LINESTYLES)], label=label_of(cell.iloc[0], label_cols))
+        ax.set_ylim(0, ymax)
+        ax.set_xlabel("step")
+        ax.set_title(f"{panel}={p}", fontsize="small")
+        ax.grid(alpha=0.3)
+        legend(ax, n=sub.cell_id.nunique())
+    axes[0, 0].set_ylabel("train loss (nats/token)")
+    suptitle(fig, "Training loss (mean over seeds, band = min–max; y clipped at 1.3 × the initial loss)")
+    return fig
+
+
+def lr_sensitivity_curves(df: pd.DataFrame, panel: str = "block") -> Figure | None:
+    """Capped final loss vs learning rate, one panel per block, one line per group of the other axes; the
+    legend gives each group's LR sensitivity E_lr[min(L(lr), L_0) − min L] (`results.lr_sensitivity`)."""
+    if not has_training(df) or df["lr"].nunique() < 2:
+        return None
+    sens = results.lr_sensitivity(df)
+    keys = [c for c in results.GROUP_COLUMNS if c in df.columns]
+    df = df.assign(_capped=capped_loss(df))
+    label_cols = [c for c in varying(df, keys) if c != panel] or ["depth"]
+    panels = values(df, panel)
+    fig, axes = grid(1, len(panels), sharey=True)
+    for ax, p in zip(axes[0], panels):
+        sub = df[df[panel] == p]
+        groups = list(sub.groupby(keys, sort=False, dropna=False))
+        shade = colors(len(groups), "plasma")
+        for (gkey, g), col in zip(groups, shade):
+            table = g.pivot_table(index="lr", columns="seed", values="_capped", aggfunc="first")
+            match = sens
+            for k, v in zip(keys, gkey if isinstance(gkey, tuple) else (gkey,)):
+                match = match[match[k] == v]
+            s = f" (sens {match.lr_sensitivity.iloc[0]:.3g})" if len(match) else ""
+            mean_band(ax, table.index.to_numpy(dtype=float), table.to_numpy().T, color=col, marker="o",
+                      markersize=4, label=label_of(g.iloc[0], label_cols) + s)
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_title(f"{panel}={p}", fontsize="small")
+        ax.grid(alpha=0.3, which="both")
+        legend(ax, n=len(groups))
+    axes[0, 0].set_ylabel("final train loss, capped at initial loss")
+    suptitle(fig, "Loss vs learning rate (diverged = initial loss); legend: LR sensitivity, Wortsman et al. 2023")
+    return fig
+
+
+def logit_growth(df: pd.DataFrame, metrics: pd.DataFrame, layers: Mapping, panel: str = "block") -> Figure | None:
+    """Max attention logit (over layers and heads) and mean output log Z over training, one line per
+    learning rate, one row per block, at the deepest depth (other axes fixed to their first value)."""
+    if not has_training(df) or df["lr"].nunique() < 2:
+        return None
+    cells, caption = fix_others(cells_of(df), keep=(panel, "lr", "depth"))
+    deepest = cells.depth.max()
+    cells = cells[cells.depth == deepest]
+    caption = f"depth={deepest}" + (f", {caption}" if caption else "")
+    panels, lrs = values(cells, panel), values(cells, "lr")
+    color = dict(zip(lrs, colors(len(lrs), "plasma")))
+    fig, axes = grid(len(panels), 2, h=2.9)
+    for r, p in enumerate(panels):
+        ax_logit, ax_z = axes[r]
+        for cell in cells[cells[panel] == p].sort_values("lr").itertuples():
+            lay = layers.get(cell.cell_id, {})
+            if "attn_logit_max" in lay:
+                a = np.asarray(lay["attn_logit_max"], dtype=np.float64)  # [P, S, L, H]
+                y = a.reshape(a.shape[0], a.shape[1], -1).max(axis=2).T   # [S, P]
+                mean_band(ax_logit, lay["layer_steps"], y, color=color[cell.lr], label=f"lr={cell.lr:g}")
+            z = metrics[(metrics.cell_id == cell.cell_id)].dropna(subset=["log_z"]) if "log_z" in metrics else None
+            if z is not None and not z.empty:
+                table = z.pivot_table(index="step", columns="seed", values="log_z", aggfunc="first")
+                mean_band(ax_z, table.index.to_numpy(), table.to_numpy().T, color=color[cell.lr],
+                          label=f"lr={cell.lr:g}")
+        ax_logit.set_ylabel(f"{p}\nmax attention logit")
+        ax_z.set_ylabel("mean log Z of output logits")
+        for ax in (ax_logit, ax_z):
+            ax.grid(alpha=0.3)
+            if r == len(panels) - 1:
+                ax.set_xlabel("step")
+        if r == 0:
+            legend(ax_z, title="learning rate")
+    suptitle(fig, "Attention-logit and output log Z growth (mean over seeds, band = min–max)", caption)
+    return fig

@@ -1,0 +1,261 @@
+"""Per-layer measurements of gradient flow: what every figure of the project is drawn from.
+
+Two kinds of probe, both per seed (callers vmap over seeds) and jit-safe (no host transfers, no Python
+loop over layers):
+
+- Cheap reductions of tensors the train step already has (`layer_stats`): parameter-gradient norms by
+  group, parameter norms, update ratios, ‖∂loss/∂x_l‖ from the zero-delta hook, and the diagnostics each
+  block returns (residual RMS, branch ratios, attention entropy / max logit, token alignment).
+- Jacobian probes on a fixed probe batch in eval mode (`jacobian_stats`): ‖∂x_{l+1}/∂x_l‖₂ by power
+  iteration, ‖∂x_{l+1}/∂x_l‖_F/√dim by Hutchinson's estimator, and the end-to-end ‖∂x_L/∂x_0‖₂. They cost
+  `power_iters` (resp. `hutchinson_samples`) Jacobian-vector products per layer, so the loop runs them
+  only every `probe_every` steps.
+
+Every per-layer statistic is a reduction of a stacked [L, ...] tensor over every axis but 0. Parameter
+groups come from tree paths (`paths.path_names`), never from a per-leaf list.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxnorm import model as model_lib
+from jaxnorm.config import ProbeConfig
+from jaxnorm.paths import path_names
+
+GROUPS = ("attn_qk", "attn_vo", "mlp", "norm", "all")
+# Sub-module name -> group. Leaves under none of these and under no norm (rezero_alpha, admin_omega,
+# σReparam's gamma_*, cosine attention's logit_scale) are counted in `all` only.
+_SUBMODULE_GROUP = {"query": "attn_qk", "key": "attn_qk", "value": "attn_vo", "out": "attn_vo",
+                    "fc1": "mlp", "fc2": "mlp"}
+_TINY = 1e-12  # guards ratios whose denominator can be exactly zero (a zero update, J v = 0)
+
+
+# --- parameter-tree reductions ------------------------------------------------------------------------
+
+def leaf_group(names: tuple[str, ...]) -> str | None:
+    """The named group of a block leaf from its path names, or None if it belongs to `all` only.
+
+    "norm" anywhere in the path wins first, so `attn/q_norm/scale` and `mlp/mid_norm/scale` count as norm
+    parameters, not attention or MLP ones. The leaf's own name (kernel, bias, ...) is not a sub-module."""
+    if any("norm" in n for n in names):
+        return "norm"
+    for n in names[:-1]:
+        if n in _SUBMODULE_GROUP:
+            return _SUBMODULE_GROUP[n]
+    return None
+
+
+def _block_leaves(tree: Any) -> list[tuple[tuple[str, ...], jax.Array]]:
+    """(path names, leaf) of every stacked block leaf: those with a leading layer axis L."""
+    out = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        names = path_names(path)
+        if "blocks" in names:
+            out.append((names, leaf))
+    return out
+
+
+def _sq_per_layer(x_LxN: jax.Array) -> jax.Array:
+    x = x_LxN.astype(jnp.float32)
+    return jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)))
+
+
+def group_norms(tree: Any) -> dict[str, jax.Array]:
+    """‖·‖₂ per layer [L] of each parameter group in GROUPS (a group with no leaves gives zeros)."""
+    leaves = _block_leaves(tree)
+    L = leaves[0][1].shape[0]
+    sq = {g: jnp.zeros((L,), jnp.float32) for g in GROUPS}
+    for names, leaf in leaves:
+        s_L = _sq_per_layer(leaf)
+        sq["all"] = sq["all"] + s_L
+        g = leaf_group(names)
+        if g is not None:
+            sq[g] = sq[g] + s_L
+    return {g: jnp.sqrt(s) for g, s in sq.items()}
+
+
+def per_layer_norm(tree: Any) -> jax.Array:
+    """‖θ_l‖₂ [L]: the norm of all block leaves of layer l together."""
+    return jnp.sqrt(sum(_sq_per_layer(leaf) for _, leaf in _block_leaves(tree)))
+
+
+def first_nonfinite_layer(grads: Any) -> jax.Array:
+    """int32 index of the first layer whose block gradients hold a NaN/Inf, −1 if none (or if only
+    non-block leaves such as the embedding are non-finite)."""
+    bad_L = functools.reduce(jnp.logical_or, [
+        ~jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim))) for _, leaf in _block_leaves(grads)])
+    return jnp.where(jnp.any(bad_L), jnp.argmax(bad_L), -1).astype(jnp.int32)
+
+
+def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Array | None,
+                diags: dict[str, jax.Array], cfg: ProbeConfig) -> dict[str, jax.Array]:
+    """Per-layer probes of one train step; a key is present only when its ProbeConfig family is on.
+
+    grads:       `grad_norm/<group>` [L] ‖∂loss/∂θ_l‖ per group; `param_norm` [L] ‖θ_l‖;
+                 `update_ratio` [L] ‖Δθ_l‖/‖θ_l‖ with Δθ the optimizer's update.
+    activations: `act_grad_norm` [L] ‖∂loss/∂x_l‖_F over (B, T, D) of the stream entering layer l;
+                 `act_rms` [L] RMS of x_l; `branch_ratio` [L, 2] ‖F(x)‖/‖x‖ of the attention/MLP branch.
+    attention:   `attn_entropy`, `attn_logit_max` [L, H] (entropy collapse: Zhai et al. 2023; logit
+                 growth: Wortsman et al. 2023).
+    alignment:   `token_alignment` [L] mean pairwise cosine of tokens and `rank1_residual` [L] distance
+                 to the nearest all-tokens-equal matrix (rank collapse: Dong et al. 2021, Noci et al. 2022).
+    """
+    out: dict[str, jax.Array] = {}
+    if cfg.grads:
+        out.update({f"grad_norm/{g}": n_L for g, n_L in group_norms(grads).items()})
+        param_L = per_layer_norm(params)
+        out["param_norm"] = param_L
+        out["update_ratio"] = per_layer_norm(updates) / jnp.maximum(param_L, _TINY)
+    if cfg.activations:
+        out["act_grad_norm"] = jnp.sqrt(_sq_per_layer(act_grads_LxBxTxD))
+        out["act_rms"] = diags["act_rms"]
+        out["branch_ratio"] = diags["branch_ratio"]
+    if cfg.attention:
+        out["attn_entropy"] = diags["attn_entropy"]
+        out["attn_logit_max"] = diags["attn_logit_max"]
+    if cfg.alignment:
+        out["token_alignment"] = diags["token_alignment"]
+        out["rank1_residual"] = diags["rank1_residual"]
+    return out
+
+
+# --- the residual stream and its Jacobians ------------------------------------------------------------
+
+def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, Callable, Any]:
+    """Eval-mode stream: (x_0, inputs x_LxBxTxD of every layer, block_fn, stacked block state).
+
+    `block_fn(state_l, x)` = block_l(x)[0] is the map x_l ↦ x_{l+1} whose Jacobian the probes measure.
+    The zero deltas of the train step are omitted: adding zero does not change the map."""
+    model = nnx.merge(graphdef, params, rest)
+    x0_BxTxD = model.embed(tokens_BxT)
+    block_graphdef, block_state = nnx.split(model.encoder.blocks)
+
+    def block_fn(state_l: Any, x_BxTxD: jax.Array) -> jax.Array:
+        return nnx.merge(block_graphdef, state_l)(x_BxTxD, train=False)[0]
+
+    _, xs_LxBxTxD = jax.lax.scan(lambda x, s: (block_fn(s, x), x), x0_BxTxD, block_state)
+    return x0_BxTxD, xs_LxBxTxD, block_fn, block_state
+
+
+def _sqnorm(x: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.square(x.astype(jnp.float32)))
+
+
+def _linearized(fn: Callable, x: jax.Array) -> tuple[Callable, Callable]:
+    """(v ↦ Jv, u ↦ Jᵀu) of fn at x: one linearisation, its transpose reusing the same residuals."""
+    _, jvp = jax.linearize(fn, x)
+    vjp_tuple = jax.linear_transpose(jvp, x)
+    return jvp, lambda u: vjp_tuple(u)[0]
+
+
+def power_spectral_norm(jvp: Callable, vjp: Callable, v0: jax.Array, iters: int) -> jax.Array:
+    """‖J‖₂ by power iteration on JᵀJ (von Mises & Pollaczek-Geiringer 1929): v ← JᵀJv/‖JᵀJv‖, then ‖Jv‖.
+
+    A lower bound whose relative error shrinks like (σ₂/σ₁)^(4k) after k steps (a Rayleigh quotient of the
+    symmetric JᵀJ), so clustered top singular values need more steps. Exact from any start when J is a
+    multiple of an orthogonal matrix (e.g. the identity of a ReZero block at init)."""
+    def step(_, v):
+        w = vjp(jvp(v))
+        return w / jnp.maximum(jnp.sqrt(_sqnorm(w)), _TINY).astype(w.dtype)
+
+    v = jax.lax.fori_loop(0, iters, step, v0 / jnp.sqrt(_sqnorm(v0)).astype(v0.dtype))
+    return jnp.sqrt(_sqnorm(jvp(v)))
+
+
+def hutchinson_frobenius(jvp: Callable, probes_NxBxTxD: jax.Array) -> jax.Array:
+    """‖J‖_F/√dim by Hutchinson's estimator (Hutchinson 1989): E‖Jv‖² = tr(JᵀJ) = ‖J‖_F² for Rademacher v.
+
+    `probes_NxBxTxD` holds N Rademacher (±1) vectors. Normalised by dim = B·T·D, so an orthogonal J reads 1.
+    The mean of ‖Jv‖² is unbiased for ‖J‖_F² with per-probe variance 2(‖JᵀJ‖_F² − Σᵢ(JᵀJ)ᵢᵢ²); its square
+    root is slightly biased low (Jensen), negligible once N is more than a few."""
+    sq_N = jax.vmap(lambda v: _sqnorm(jvp(v)))(probes_NxBxTxD)
+    return jnp.sqrt(jnp.mean(sq_N) / probes_NxBxTxD[0].size)
+
+
+def end_to_end_map(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array
+                   ) -> tuple[Callable, jax.Array]:
+    """(x_0 ↦ x_L through the scanned stack in eval mode, x_0 of the probe batch)."""
+    x0_BxTxD, _, block_fn, block_state = residual_stream(graphdef, params, rest, tokens_BxT)
+    return _stack_fn(block_fn, block_state), x0_BxTxD
+
+
+def _stack_fn(block_fn: Callable, block_state: Any) -> Callable:
+    return lambda x_BxTxD: jax.lax.scan(lambda x, s: (block_fn(s, x), None), x_BxTxD, block_state)[0]
+
+
+def end_to_end_jacobian_dense(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array
+                              ) -> jax.Array:
+    """Dense ∂x_L/∂x_0 as a [k, k] matrix, k = B·T·D, by `jax.jacfwd`: k JVPs and k² memory, so tiny
+    models only (cfg.spectrum)."""
+    stack_fn, x0_BxTxD = end_to_end_map(graphdef, params, rest, tokens_BxT)
+    shape, k = x0_BxTxD.shape, x0_BxTxD.size
+    return jax.jacfwd(lambda x_K: stack_fn(x_K.reshape(shape)).reshape(k))(x0_BxTxD.reshape(k))
+
+
+def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array, key: jax.Array,
+                   cfg: ProbeConfig) -> dict[str, jax.Array]:
+    """Jacobian probes of one seed at the eval-mode residual stream of the probe batch.
+
+    jacobian: `jac_spectral` [L] ‖∂x_{l+1}/∂x_l‖₂ (power iteration, cfg.power_iters steps from a random
+              start); `jac_frobenius` [L] ‖∂x_{l+1}/∂x_l‖_F/√dim (Hutchinson, cfg.hutchinson_samples
+              Rademacher probes); `jac_end_to_end` [] ‖∂x_L/∂x_0‖₂ (power iteration through the stack).
+              dim = B·T·D: the Jacobian couples all positions (attention) and the whole probe batch.
+              σ > 1 per layer compounds into explosion, σ < 1 into vanishing.
+    spectrum: `jac_singular_values` [B·T·D] all singular values of ∂x_L/∂x_0, descending (dense; tiny
+              models only).
+    """
+    out: dict[str, jax.Array] = {}
+    if cfg.jacobian:
+        x0_BxTxD, xs_LxBxTxD, block_fn, block_state = residual_stream(graphdef, params, rest, tokens_BxT)
+        L, N = xs_LxBxTxD.shape[0], cfg.hutchinson_samples
+        # Every random vector from one draw (threefry is slow to compile on CPU): Gaussian power-iteration
+        # starts (never orthogonal to the top singular vector, unlike a ±1 start can be), and Rademacher
+        # probes as the signs of Gaussians.
+        z = jax.random.normal(key, (L * (1 + N) + 1, *x0_BxTxD.shape), x0_BxTxD.dtype)
+        starts_LxBxTxD, e2e_start_BxTxD = z[:L], z[-1]
+        signs_LxNxBxTxD = jnp.sign(z[L:-1]).reshape(L, N, *x0_BxTxD.shape)
+
+        def one_layer(state_l, x_BxTxD, v0_BxTxD, signs_NxBxTxD):
+            jvp, vjp = _linearized(functools.partial(block_fn, state_l), x_BxTxD)
+            return (power_spectral_norm(jvp, vjp, v0_BxTxD, cfg.power_iters),
+                    hutchinson_frobenius(jvp, signs_NxBxTxD))
+
+        out["jac_spectral"], out["jac_frobenius"] = jax.vmap(one_layer)(
+            block_state, xs_LxBxTxD, starts_LxBxTxD, signs_LxNxBxTxD)
+        jvp, vjp = _linearized(_stack_fn(block_fn, block_state), x0_BxTxD)
+        out["jac_end_to_end"] = power_spectral_norm(jvp, vjp, e2e_start_BxTxD, cfg.power_iters)
+    if cfg.spectrum:
+        jac_KxK = end_to_end_jacobian_dense(graphdef, params, rest, tokens_BxT).astype(jnp.float32)
+        out["jac_singular_values"] = jnp.linalg.svd(jac_KxK, compute_uv=False)  # already descending
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig) -> Callable:
+    one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg)  # noqa: E731
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)))
+
+
+def jacobian_stats_seeds(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array,
+                         key: jax.Array, cfg: ProbeConfig) -> dict[str, jax.Array]:
+    """`jacobian_stats` for S seeds at once (leading axis S on params/rest; probe batch and key shared),
+    compiled once per (graphdef, cfg)."""
+    return _jacobian_stats_program(graphdef, cfg)(params, rest, tokens_BxT, key)
+
+
+def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: Any, tokens_BxT: jax.Array
+                  ) -> jax.Array:
+    """‖f(x; θ′) − f(x; θ)‖_F / ‖f(x; θ)‖_F of the eval-mode output logits after one update θ → θ′.
+
+    Liu et al. 2020 ("Understanding the Difficulty of Training Transformers") trace Post-LN instability
+    to this output change being amplified by the residual branches' dependency, not to vanishing gradients."""
+    logits, _, _ = model_lib.apply(graphdef, params, rest, tokens_BxT, train=False)
+    new_logits, _, _ = model_lib.apply(graphdef, new_params, rest, tokens_BxT, train=False)
+    return jnp.sqrt(_sqnorm(new_logits - logits)) / jnp.maximum(jnp.sqrt(_sqnorm(logits)), _TINY)

@@ -1,0 +1,139 @@
+"""Run a sweep: expand the grid into cells, skip finished ones, shard over machines, write the run dir.
+
+The one entry point a notebook needs:
+
+>>> from jaxnorm.sweep import run, SweepSpec, preset
+>>> spec = preset("quick").replace(depths=(2, 8))
+>>> df = run(spec, "runs/notebook")          # one row per (cell, seed); rerunning resumes
+
+`run` validates everything before it creates anything; it refuses a run directory that holds a
+different spec; a cell whose summary.json exists is never recomputed; `shard=(i, n)` runs cells
+i, i+n, i+2n, ... of the expanded list so n machines can fill one run directory; only JAX process 0
+writes. The spec, the cell layout and what each file holds: `jaxnorm.sweep_spec`, `jaxnorm.rundir`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import pandas as pd
+from tqdm.auto import tqdm
+
+from jaxnorm import results, rundir
+from jaxnorm.config import ConfigError
+from jaxnorm.sweep_spec import PRESETS, Cell, SweepSpec, check_data, expand, parse_clip, preset  # noqa: F401
+from jaxnorm.train import train
+
+__all__ = ["run", "run_cell", "SweepSpec", "Cell", "preset", "PRESETS", "expand", "parse_clip", "check_shard"]
+
+
+def use_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache unless the caller configured one.
+
+    Compiling a cell's programs costs far more than running them at the sizes a CPU sweep uses, and
+    identical programs recur: cells differing only in learning rate or clipping share their init, and
+    reruns, resumed sweeps, shards and tests share everything. The cache lives in $JAXNORM_XLA_CACHE
+    (default ~/.cache/jaxnorm/xla); set JAXNORM_XLA_CACHE="" to leave JAX's configuration alone."""
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    path = os.environ.get("JAXNORM_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxnorm", "xla"))
+    if not path:
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """(i, n) with 0 <= i < n, else ConfigError naming --shard."""
+    ok = (isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in shard))
+    if not ok or not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ConfigError(f"shard (--shard): invalid value {shard!r}; allowed: i/n with integers 0 <= i < n")
+    return shard
+
+
+def validate(spec: SweepSpec, out_dir: str | Path, shard: tuple[int, int] = (0, 1)) -> list[Cell]:
+    """Every check `run` makes before writing anything; returns the expanded cells."""
+    if not isinstance(spec, SweepSpec):
+        raise ConfigError(f"spec: invalid value {type(spec).__name__}; allowed: a SweepSpec")
+    check_shard(shard)
+    check_data(spec)
+    cells = expand(spec)
+    rundir.check_sweep_json(Path(out_dir), spec)
+    return cells
+
+
+def run_cell(cell: Cell, path: Path, *, progress: bool, write: bool) -> dict | None:
+    """Train one cell and write its files (config.json first, summary.json last); returns the summary."""
+    if write:
+        rundir.write_config(path, cell)
+    t0 = time.perf_counter()
+    history = train(cell.model, cell.optim, cell.train.replace(progress=progress), cell.probe,
+                    desc=cell.cell_id)
+    if not write:
+        return None
+    return rundir.write_cell(path, cell, history, time.perf_counter() - t0)
+
+
+def rebuild_results(out_dir: str | Path) -> pd.DataFrame:
+    """results.csv from every summary.json present (any shard's), written atomically."""
+    df = results.load(out_dir)
+    rundir.atomic_write_bytes(Path(out_dir) / "results.csv", df.to_csv(index=False).encode())
+    return df
+
+
+def _figures_and_report(out_dir: Path) -> None:
+    """=== Call site for figures and report (jaxnorm.plots / jaxnorm.report, written separately) ===
+    Called once results.csv is rebuilt at the end of a sweep, only if those modules exist. A failure
+    there is reported on stderr and does not fail the sweep: the run directory is already complete."""
+    for module, function in (("jaxnorm.plots", "draw_all"), ("jaxnorm.report", "write_report")):
+        if importlib.util.find_spec(module) is None:
+            continue
+        try:
+            getattr(importlib.import_module(module), function)(out_dir)
+        except Exception as e:  # noqa: BLE001 — results are on disk; a figure bug must not lose them
+            print(f"warning: {module}.{function} failed: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
+        progress: bool = True) -> pd.DataFrame:
+    """Run this shard's unfinished cells of `spec` into `out_dir`; returns `results.load(out_dir)`.
+
+    KeyboardInterrupt stops after the cells that finished (results.csv is rebuilt first) and propagates;
+    running the same call again resumes.
+    """
+    out_dir = Path(out_dir)
+    cells = validate(spec, out_dir, shard)
+    i, n = shard
+    mine = cells[i::n]
+    use_compilation_cache()
+    writer = jax.process_index() == 0
+    if writer:
+        (out_dir / "cells").mkdir(parents=True, exist_ok=True)
+        if not (out_dir / "sweep.json").exists():
+            rundir.write_sweep_json(out_dir, spec, [c.cell_id for c in cells])
+    todo = [c for c in mine if not rundir.is_done(out_dir, c.cell_id)]
+    if progress:
+        print(f"sweep: {len(cells)} cells, shard {i}/{n}: {len(mine)} cells, {len(mine) - len(todo)} already "
+              f"done, {len(todo)} to run -> {out_dir}", file=sys.stderr)
+    bar = tqdm(todo, desc="cells", unit="cell", disable=not progress, file=sys.stderr)
+    try:
+        for cell in bar:
+            bar.set_postfix_str(cell.cell_id)
+            run_cell(cell, rundir.cell_dir(out_dir, cell.cell_id), progress=progress, write=writer)
+            if writer:
+                rebuild_results(out_dir)
+    finally:
+        bar.close()
+        if writer:  # also on KeyboardInterrupt: results.csv reflects every finished cell
+            rebuild_results(out_dir)
+    if writer:
+        _figures_and_report(out_dir)
+    return results.load(out_dir)
