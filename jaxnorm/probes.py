@@ -85,6 +85,15 @@ def per_layer_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(_sq_per_layer(leaf) for _, leaf in _block_leaves(tree)))
 
 
+def squared_norms(tree: Any) -> tuple[jax.Array, jax.Array]:
+    """(Σ of squares per layer [L] over the block leaves, Σ of squares of every other leaf): one pass over
+    the tree from which the global norm, its finiteness and the first bad layer all follow."""
+    sq_L = sum(_sq_per_layer(leaf) for _, leaf in _block_leaves(tree))
+    others = [jnp.sum(jnp.square(leaf.astype(jnp.float32))) for path, leaf in
+              jax.tree_util.tree_flatten_with_path(tree)[0] if "blocks" not in path_names(path)]
+    return sq_L, sum(others, jnp.zeros((), jnp.float32))
+
+
 def first_nonfinite_layer(grads: Any) -> jax.Array:
     """int32 index of the first layer whose block gradients hold a NaN/Inf, −1 if none (or if only
     non-block leaves such as the embedding are non-finite)."""
