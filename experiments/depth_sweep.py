@@ -89,8 +89,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: a prefix such as --seed (read as --seeds, a count) or --depth must be refused,
+    # not silently taken for a different flag.
     p = _Parser(prog="python -m experiments.depth_sweep", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", default="quick", help=f"base grid, one of: {', '.join(PRESET_NAMES)} (default quick)")
     a("--depths", help="comma-separated depths L >= 1, e.g. 2,8,32")

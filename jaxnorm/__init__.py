@@ -1,1 +1,115 @@
-"""jaxnorm: measure why deep Transformers' gradients vanish or explode, and which remedies work."""
+"""jaxnorm: measure why deep Transformers' gradients vanish or explode, and which remedies work.
+
+The public API for notebooks and scripts (everything else lives in the submodules)::
+
+    import jaxnorm
+    spec = jaxnorm.preset("quick").replace(depths=(2, 8), blocks=("post_ln", "pre_ln"))
+    df = jaxnorm.run_sweep(spec, "runs/nb")          # trains, writes runs/nb/{results.csv,figures,...}
+    print(df.groupby(["block", "depth"]).grad_ratio_init.median().unstack())
+    fig = jaxnorm.grad_profile(df, jaxnorm.LayerStore("runs/nb"))   # one figure, inline in a notebook
+
+Configs: `ModelConfig`, `OptimConfig`, `TrainConfig`, `ProbeConfig` (frozen, validated; a bad value raises
+`ConfigError`). One run: `train(...) -> History`. A grid: `SweepSpec` / `preset(name)` and `run_sweep`.
+Reading results: `load`, `load_layers`, `load_metrics`, `lr_sensitivity`. Figures: `draw_all(run_dir)`
+writes every PNG; the per-figure functions take the data and return a matplotlib Figure (or None).
+Model: `Model` (Flax NNX) and the functional core `init` / `apply`. The variant names are the tuples
+`BLOCKS`, `NORMS`, `ATTENTIONS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `CLIPS`, `SCHEDULES`, `TASKS`.
+
+`import jaxnorm` is light: only the configs are imported eagerly; JAX, Flax, pandas and matplotlib are
+imported on first use of a name that needs them. Batches are sharded over all local devices (TPU cores,
+GPUs) automatically; `TrainConfig.batch_size` must be a multiple of `jax.device_count()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+from jaxnorm.config import (
+    ACTIVATIONS, ATTENTIONS, BLOCKS, CLIPS, INITS, NORMS, OPTIMIZERS, SCHEDULES, TASKS, ConfigError,
+    ModelConfig, OptimConfig, ProbeConfig, TrainConfig,
+)
+
+__version__ = "0.1.0"
+
+# Public name -> (module, attribute), imported on first access (PEP 562) so `import jaxnorm` stays cheap.
+_LAZY = {
+    # model (Flax NNX) and its functional core
+    "Model": ("jaxnorm.model", "Model"),
+    "apply": ("jaxnorm.model", "apply"),
+    # one training run (`train` itself: see _CALLABLE_SUBMODULES below)
+    "History": ("jaxnorm.history", "History"),
+    # sweeps
+    "run_sweep": ("jaxnorm.sweep", "run"),
+    "SweepSpec": ("jaxnorm.sweep_spec", "SweepSpec"),
+    "preset": ("jaxnorm.sweep_spec", "preset"),
+    # reading a run directory
+    "load": ("jaxnorm.results", "load"),
+    "load_layers": ("jaxnorm.results", "load_layers"),
+    "load_metrics": ("jaxnorm.results", "load_metrics"),
+    "lr_sensitivity": ("jaxnorm.results", "lr_sensitivity"),
+    # figures: draw_all(run_dir) writes PNGs; the others take data and return a Figure (or None)
+    "draw_all": ("jaxnorm.plots", "draw_all"),
+    "LayerStore": ("jaxnorm.plots", "LayerStore"),
+    "grad_profile": ("jaxnorm.plots_layers", "grad_profile"),
+    "act_grad_profile": ("jaxnorm.plots_layers", "act_grad_profile"),
+    "jacobian_profile": ("jaxnorm.plots_layers", "jacobian_profile"),
+    "jacobian_spectrum": ("jaxnorm.plots_layers", "jacobian_spectrum"),
+    "token_alignment": ("jaxnorm.plots_layers", "token_alignment"),
+    "loss_vs_depth": ("jaxnorm.plots_training", "loss_vs_depth"),
+    "stability_map": ("jaxnorm.plots_training", "stability_map"),
+    "loss_curves": ("jaxnorm.plots_training", "loss_curves"),
+    "lr_sensitivity_curves": ("jaxnorm.plots_training", "lr_sensitivity_curves"),
+    "logit_growth": ("jaxnorm.plots_training", "logit_growth"),
+}
+
+__all__ = [
+    "__version__",
+    # configs and registries
+    "ModelConfig", "OptimConfig", "TrainConfig", "ProbeConfig", "ConfigError",
+    "BLOCKS", "NORMS", "ATTENTIONS", "ACTIVATIONS", "INITS", "OPTIMIZERS", "CLIPS", "SCHEDULES", "TASKS",
+    "Model", "init", "apply", "train", "History", "run_sweep", "SweepSpec", "preset",
+    "load", "load_layers", "load_metrics", "lr_sensitivity",
+    "draw_all", "LayerStore", "grad_profile", "act_grad_profile", "jacobian_profile", "jacobian_spectrum",
+    "token_alignment", "loss_vs_depth", "stability_map", "loss_curves", "lr_sensitivity_curves", "logit_growth",
+]
+
+
+# `train` and `init` are also submodules (jaxnorm/train.py, jaxnorm/init.py), and importing a submodule
+# binds it on the package. So those two names are the submodules made callable: `jaxnorm.train(...)` is
+# `jaxnorm.train.train(...)` and `jaxnorm.init(cfg, key)` is `jaxnorm.model.init(cfg, key)`, while
+# `from jaxnorm import train as train_lib; train_lib.train(...)` keeps working.
+_CALLABLE_SUBMODULES = {"jaxnorm.train": ("jaxnorm.train", "train"), "jaxnorm.init": ("jaxnorm.model", "init")}
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module, attr = _CALLABLE_SUBMODULES[self.__name__]
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ in _CALLABLE_SUBMODULES:
+            value.__class__ = _CallableModule  # the import system binds submodules through here
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("train", "init"):
+        return importlib.import_module(f"jaxnorm.{name}")  # binds the callable submodule (see _Package)
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'jaxnorm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"train", "init"})

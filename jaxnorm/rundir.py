@@ -10,7 +10,13 @@
 ```
 Every file is written to a temporary name in its own directory, fsynced and `os.replace`d into place,
 so a killed run never leaves a truncated file under a final name. JSON is strict: a non-finite number
-is written as null (the `nonfinite_*` and `diverged` fields say what happened).
+is written as null (the `nonfinite_*` and `diverged` fields say what happened). A cell that is
+(re)started first deletes the temporary files a killed run may have left in its directory.
+
+Test hook: with the environment variable JAXNORM_TEST_WRITE_DELAY_S=<seconds> set, every atomic
+write of a file inside a cell directory sleeps that long after writing its temporary file and before
+renaming it into place, so a test can kill the process in the middle of writing a cell
+(tests/test_reliability.py). Unset (the default) it costs one environment lookup per file.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +55,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _test_write_delay(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _test_write_delay(path: Path) -> None:
+    """The JAXNORM_TEST_WRITE_DELAY_S hook (see the module docstring); only for files of a cell."""
+    delay = os.environ.get("JAXNORM_TEST_WRITE_DELAY_S")
+    if delay and path.parent.parent.name == "cells":
+        time.sleep(float(delay))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -104,8 +119,22 @@ def environment() -> dict[str, Any]:
             "git_commit": git_commit or None}
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """ConfigError naming --out if `out_dir` cannot be a run directory: it, or the nearest existing
+    folder above it, is not a directory (e.g. --out names an existing file)."""
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "is" if p == out_dir else f"is inside {str(p)!r}, which is"
+                raise ConfigError(f"--out: {str(out_dir)!r} {what} not a directory; "
+                                  f"allowed: a new or existing run directory")
+            return
+
+
 def check_sweep_json(out_dir: Path, spec: SweepSpec) -> bool:
     """True if `out_dir` already holds this spec's sweep; ConfigError if it holds a different one."""
+    check_out_dir(out_dir)
     path = Path(out_dir) / "sweep.json"
     if not path.exists():
         return False
@@ -137,7 +166,10 @@ def is_done(out_dir: Path, cell_id: str) -> bool:
 
 
 def write_config(path: Path, cell: Cell) -> None:
+    """Create the cell's directory (removing temporary files a killed run left there) and its config.json."""
     path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     atomic_write_json(path / "config.json", {"cell": cell.axes(), **cell.configs()})
 
 

@@ -1,0 +1,56 @@
+"""The notebook-facing API: `import jaxnorm` exposes what __all__ promises, and its examples run."""
+
+import doctest
+import subprocess
+import sys
+
+import jax.numpy as jnp
+
+import jaxnorm
+from jaxnorm import config
+
+
+def test_every_name_in_all_exists():
+    assert len(set(jaxnorm.__all__)) == len(jaxnorm.__all__)
+    for name in jaxnorm.__all__:
+        assert getattr(jaxnorm, name) is not None, name
+    assert set(jaxnorm.__all__) <= set(dir(jaxnorm))
+
+
+def test_registries_are_configs():
+    for name in ("BLOCKS", "NORMS", "ATTENTIONS", "ACTIVATIONS", "INITS", "OPTIMIZERS", "CLIPS", "SCHEDULES", "TASKS"):
+        assert getattr(jaxnorm, name) == getattr(config, name), name
+
+
+def test_exports_are_the_library_functions():
+    from jaxnorm import model, results, sweep
+
+    assert jaxnorm.run_sweep is sweep.run and jaxnorm.apply is model.apply and jaxnorm.load is results.load
+    # `train` / `init` are also submodules: they stay importable as modules and are callable as functions.
+    from jaxnorm import train as train_lib
+
+    assert callable(jaxnorm.train) and hasattr(train_lib, "_programs") and callable(jaxnorm.init)
+
+
+def test_import_is_light():
+    code = "import sys, jaxnorm; print(sorted(m for m in ('jax', 'flax', 'pandas', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _run_doctest(obj, name):
+    globs = {"jaxnorm": jaxnorm, "jnp": jnp}
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder(recurse=False).find(obj, name, globs=globs):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0, name
+
+
+def test_model_docstring_example():
+    _run_doctest(jaxnorm.Model, "Model")
+
+
+def test_train_docstring_example():
+    from jaxnorm.train import train
+
+    _run_doctest(train, "train")
