@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxnorm.config import ATTENTIONS, BLOCKS, CLIPS, NORMS, OPTIMIZERS, TASKS, ConfigError
+from jaxnorm.config import (ACTIVATIONS, ADMIN_MODES, ATTENTIONS, BLOCKS, CLIPS, INITS, NORMS, OPTIMIZERS, POSITIONS,
+                            SCHEDULES, TASKS, ConfigError)
 
 PRESET_NAMES = ("quick", "paper", "init")
 
@@ -77,6 +78,30 @@ def _floats(flag: str, text: str | None) -> list[float] | None:
     return values
 
 
+def _float(flag: str, text: str | None, minimum: float) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum or value == float("inf"):
+        raise _flag_error(flag, text, f"a finite number >= {minimum}")
+    return value
+
+
+# Base-configuration choices (not grid axes): flag -> (config part, field, allowed values).
+CHOICE_FLAGS = {
+    "--init": ("model", "init", INITS), "--activation": ("model", "activation", ACTIVATIONS),
+    "--positions": ("model", "positions", POSITIONS), "--admin-mode": ("model", "admin_mode", ADMIN_MODES),
+    "--schedule": ("optim", "schedule", SCHEDULES),
+}
+SWITCH_FLAGS = {  # flag -> (config part, field): store_true switches
+    "--spectrum": ("probe", "spectrum"), "--amplification": ("probe", "amplification"),
+    "--remat": ("model", "remat"), "--skip-nonfinite": ("optim", "skip_nonfinite"),
+}
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     i, sep, n = text.partition("/")
     try:
@@ -115,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-every", help="held-out loss every N steps (and at the end)")
     a("--probe-every", help="Jacobian probes every N steps (and at step 0 and the end)")
     a("--text-file", help="corpus for --task lm (default: the Python standard library's source)")
+    for flag, (_, field, allowed) in CHOICE_FLAGS.items():
+        a(flag, help=f"{field}, one of: {', '.join(allowed)}")
+    a("--depth-mup-alpha", help="depth_mup branch multiplier exponent α (branches scaled by L^-α), >= 0")
+    a("--z-loss", help="z-loss coefficient c (c·log²Z added to the loss; Wortsman et al. 2023), >= 0")
+    a("--warmup-steps", help="learning-rate warmup steps, integer >= 0")
+    for flag, (part, field) in SWITCH_FLAGS.items():
+        a(flag, action="store_true", help=f"set {part} {field} = true")
     a("--out", help="run directory (default runs/<preset>); rerun the same command to resume")
     a("--shard", default="0/1", help="i/n: run cells i, i+n, i+2n, ... so n machines share one --out")
     a("--no-progress", action="store_true", help="no progress bars")
@@ -148,6 +180,23 @@ def build_spec(args: argparse.Namespace):
             ("--probe-every", "probe_every", probe, "probe_every", 1)):
         if (v := _int(flag, getattr(args, attr), minimum)) is not None:
             target[field] = v
+    optim: dict[str, Any] = {}
+    parts = {"model": model, "optim": optim, "train": train, "probe": probe}
+    for flag, (part, field, allowed) in CHOICE_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            if value not in allowed:
+                raise _flag_error(flag, value, ", ".join(allowed))
+            parts[part][field] = value
+    for flag, (part, field) in SWITCH_FLAGS.items():
+        if getattr(args, flag[2:].replace("-", "_")):
+            parts[part][field] = True
+    if (v := _float("--depth-mup-alpha", args.depth_mup_alpha, 0.0)) is not None:
+        model["depth_mup_alpha"] = v
+    if (v := _float("--z-loss", args.z_loss, 0.0)) is not None:
+        train["z_loss"] = v
+    if (v := _int("--warmup-steps", args.warmup_steps, 0)) is not None:
+        optim["warmup_steps"] = v
     if args.task is not None:
         if args.task not in TASKS:
             raise _flag_error("--task", args.task, ", ".join(TASKS))
@@ -155,7 +204,7 @@ def build_spec(args: argparse.Namespace):
     if args.text_file is not None:
         train["text_file"] = args.text_file
     return spec.replace(**axes, train=spec.train.replace(**train), model=spec.model.replace(**model),
-                        probe=spec.probe.replace(**probe))
+                        optim=spec.optim.replace(**optim), probe=spec.probe.replace(**probe))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,16 +52,18 @@ class Encoder(nnx.Module):
 
     def __call__(self, x_BxTxD: jax.Array, *, train: bool,
                  deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        graphdef, state = nnx.split(self.blocks)
+        graphdef, params, rest = nnx.split(self.blocks, nnx.Param, ...)
+        state = (params, rest)
         if deltas_LxBxTxD is None:
             deltas_LxBxTxD = jnp.zeros((self.depth,), x_BxTxD.dtype)  # broadcasts as a scalar 0 per layer
 
         def layer(x, layer_in):
-            state_l, delta = layer_in
-            block = nnx.merge(graphdef, state_l)
+            (params_l, rest_l), delta = layer_in
+            block = nnx.merge(graphdef, params_l, rest_l)
             x = x + delta
             y, diag = block(x, train=train)
-            return y, (nnx.state(block), diag)
+            # Only non-parameter state (running statistics, power-iteration vectors) can change.
+            return y, (nnx.state(block, nnx.Not(nnx.Param)), diag)
 
         if self.remat:
             layer = jax.checkpoint(layer)
@@ -73,7 +75,8 @@ class Encoder(nnx.Module):
                 x_BxTxD, out = layer(x_BxTxD, jax.tree.map(lambda a: a[l], (state, deltas_LxBxTxD)))
                 outs.append(out)
             new_state, diags = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        nnx.update(self.blocks, new_state)
+        if train:  # eval mode leaves state untouched by contract, so a closed-over model stays immutable
+            nnx.update(self.blocks, new_state)
         return x_BxTxD, diags
 
 

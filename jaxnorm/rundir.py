@@ -222,6 +222,20 @@ def _window_mean(x: np.ndarray, w: int) -> np.ndarray:
     return (c[w:] - c[:-w]) / w
 
 
+def _layer_max(arr: np.ndarray | None, step: Any, s: int) -> float | None:
+    """Max over everything but the logged-step and seed axes (layers, heads) at `step`."""
+    if arr is None:
+        return None
+    with np.errstate(all="ignore"):
+        v = np.asarray(arr[step])
+        v = v[:, s] if isinstance(step, slice) else v[s]
+        return float(np.nanmax(v)) if np.isfinite(v).any() else None
+
+
+def _last_layer(arr: np.ndarray | None, step: int, s: int) -> float | None:
+    return None if arr is None else float(arr[step, s, -1])
+
+
 def summarize_seed(h: History, s: int) -> dict[str, Any]:
     """The per-seed numbers of results.csv (see `summarize`)."""
     loss, acc = h.metrics["loss"][:, s], h.metrics["accuracy"][:, s]
@@ -261,6 +275,11 @@ def summarize_seed(h: History, s: int) -> dict[str, Any]:
         "jac_end_to_end_init": jac["jac_end_to_end"][0, s] if "jac_end_to_end" in jac else None,
         "jac_end_to_end_final": jac["jac_end_to_end"][-1, s] if "jac_end_to_end" in jac else None,
         "attn_entropy_min_final": np.nanmin(ent[-1, s]) if ent is not None else None,
+        "attn_logit_max_final": _layer_max(h.layers.get("attn_logit_max"), -1, s),
+        "token_alignment_last_init": _last_layer(h.layers.get("token_alignment"), 0, s),
+        "token_alignment_last_final": _last_layer(h.layers.get("token_alignment"), -1, s),
+        "branch_ratio_max_init": _layer_max(h.layers.get("branch_ratio"), 0, s),
+        "amplification_max": _layer_max(h.layers.get("amplification"), slice(None), s),
         "nonfinite_step": nonfinite.get("step"),
         "nonfinite_what": nonfinite.get("what"),
         "nonfinite_layer": nonfinite.get("layer"),
