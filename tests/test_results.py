@@ -9,17 +9,7 @@ import pytest
 from jaxnorm import results, rundir
 from jaxnorm.history import History
 from jaxnorm.sweep import expand, preset, run
-
-
-def tiny_spec(lrs):
-    """The same tiny cells as tests/test_sweep.py (shared compiled programs)."""
-    q = preset("quick")
-    return q.replace(depths=(2,), blocks=("pre_ln",), norms=("layernorm",), attentions=("dot",),
-                     optimizers=("adamw",), clips=("none",), lrs=lrs, seeds=2,
-                     model=q.model.replace(d_model=16, num_heads=2, d_ff=32),
-                     train=q.train.replace(task="reverse", steps=6, batch_size=8, seq_len=8, log_every=2,
-                                           eval_every=4),
-                     probe=q.probe.replace(probe_every=4))
+from tiny_sweep import tiny_spec
 
 
 def fake_history(loss_SxN, *, diverged_step=(-1, -1), log_every=2) -> History:

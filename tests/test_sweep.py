@@ -21,6 +21,7 @@ from jaxnorm import results, rundir
 from jaxnorm import sweep as sweep_lib
 from jaxnorm.config import ATTENTIONS, BLOCKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TASKS, ConfigError
 from jaxnorm.sweep import PRESETS, SweepSpec, expand, parse_clip, preset
+from tiny_sweep import tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # The CLI flags and the in-process spec below describe the same tiny cells (same compiled programs).
@@ -29,16 +30,6 @@ TINY_FLAGS = ["--depths", "2", "--blocks", "pre_ln", "--norms", "layernorm", "--
               "--seq-len", "8", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--log-every", "2",
               "--eval-every", "4", "--probe-every", "4", "--task", "reverse", "--no-progress"]
 TIMING = ["compile_s", "run_s", "steps_per_s", "wall_s"]
-
-
-def tiny_spec(lrs=(1e-3, 2e-3, 3e-3, 4e-3)) -> SweepSpec:
-    q = preset("quick")
-    return q.replace(depths=(2,), blocks=("pre_ln",), norms=("layernorm",), attentions=("dot",),
-                     optimizers=("adamw",), clips=("none",), lrs=lrs, seeds=2,
-                     model=q.model.replace(d_model=16, num_heads=2, d_ff=32),
-                     train=q.train.replace(task="reverse", steps=6, batch_size=8, seq_len=8, log_every=2,
-                                           eval_every=4),
-                     probe=q.probe.replace(probe_every=4))
 
 
 def cli(*args, cwd=ROOT):
