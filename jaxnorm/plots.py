@@ -25,10 +25,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a window (works headless, in CI and on TPU hosts)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
+
 from matplotlib.figure import Figure  # noqa: E402
 
 from jaxnorm import results  # noqa: E402
+from jaxnorm.config import NORM_FREE_BLOCKS  # noqa: E402
 
 AXES = list(results.AXIS_COLUMNS)  # depth, block, norm, attention, optimizer, clip, lr
 DPI = 110
@@ -94,6 +96,13 @@ def fix_others(df: pd.DataFrame, keep: Sequence[str]) -> tuple[pd.DataFrame, str
     fixed = {}
     for col in varying(df):
         if col not in keep:
+            if col == "norm" and "block" in df.columns:
+                # Norm-free blocks (rezero, no_norm) are recorded with norm "none": keep them whatever norm
+                # the other blocks are shown with, or their panels would vanish.
+                normed = df[~df["block"].isin(NORM_FREE_BLOCKS)]
+                fixed[col] = (normed if len(normed) else df)[col].iloc[0]
+                df = df[(df[col] == fixed[col]) | df["block"].isin(NORM_FREE_BLOCKS)]
+                continue
             fixed[col] = df[col].iloc[0]
             df = df[df[col] == fixed[col]]
     return df, ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())

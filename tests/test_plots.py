@@ -191,3 +191,15 @@ def test_real_sweep_draws_figures(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert text.count("| 2 | pre_ln | layernorm | dot | adamw | none |") == 2
 
+
+
+def test_fixing_the_norm_axis_keeps_norm_free_blocks():
+    """rezero/no_norm cells are recorded with norm 'none'; a figure fixed to one norm must still show them."""
+    import pandas as pd
+    from jaxnorm.plots import fix_others
+    df = pd.DataFrame({"block": ["pre_ln", "pre_ln", "rezero", "post_ln"], "depth": [2, 2, 2, 2],
+                       "norm": ["layernorm", "rmsnorm", "none", "layernorm"]})
+    kept, caption = fix_others(df, keep=("block", "depth"))
+    assert sorted(kept.block) == ["post_ln", "pre_ln", "rezero"]
+    assert "rmsnorm" not in set(kept.norm)
+    assert caption == "norm=layernorm"

@@ -271,3 +271,19 @@ def test_run_refuses_a_different_spec_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="different sweep.*new --out"):
         sweep_lib.run(spec.replace(seeds=3), out, progress=False)
     assert not (out / "cells").exists()
+
+
+def test_remedy_flags_reach_the_spec():
+    """Issue-9 remedies are reachable from the CLI: inits, Admin mode, depth-μP α, z-loss, probe options."""
+    from experiments.depth_sweep import build_parser, build_spec
+    args = build_parser().parse_args(["--blocks", "admin,depth_mup,b2t,normformer,subln", "--init", "ds_init",
+                                      "--admin-mode", "closed_form", "--depth-mup-alpha", "1", "--z-loss", "1e-4",
+                                      "--spectrum", "--amplification", "--schedule", "inverse_sqrt",
+                                      "--warmup-steps", "7", "--skip-nonfinite"])
+    spec = build_spec(args)
+    assert spec.blocks == ("admin", "depth_mup", "b2t", "normformer", "subln")
+    assert (spec.model.init, spec.model.admin_mode, spec.model.depth_mup_alpha) == ("ds_init", "closed_form", 1.0)
+    assert spec.train.z_loss == 1e-4 and spec.probe.spectrum and spec.probe.amplification
+    assert (spec.optim.schedule, spec.optim.warmup_steps, spec.optim.skip_nonfinite) == ("inverse_sqrt", 7, True)
+    cells = expand(spec)
+    assert {c.model.init for c in cells} == {"ds_init"} and {c.train.z_loss for c in cells} == {1e-4}
