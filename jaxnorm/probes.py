@@ -247,16 +247,18 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
 
 
 @functools.lru_cache(maxsize=32)
-def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig) -> Callable:
+def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = ()) -> Callable:
     one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg)  # noqa: E731
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)))
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=dict(compiler_options) or None)
 
 
 def jacobian_stats_seeds(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array,
-                         key: jax.Array, cfg: ProbeConfig) -> dict[str, jax.Array]:
+                         key: jax.Array, cfg: ProbeConfig, compiler_options: dict | None = None
+                         ) -> dict[str, jax.Array]:
     """`jacobian_stats` for S seeds at once (leading axis S on params/rest; probe batch and key shared),
-    compiled once per (graphdef, cfg)."""
-    return _jacobian_stats_program(graphdef, cfg)(params, rest, tokens_BxT, key)
+    compiled once per (graphdef, cfg, compiler_options)."""
+    options = tuple(sorted((compiler_options or {}).items()))
+    return _jacobian_stats_program(graphdef, cfg, options)(params, rest, tokens_BxT, key)
 
 
 def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: Any, tokens_BxT: jax.Array

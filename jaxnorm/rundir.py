@@ -222,14 +222,15 @@ def _window_mean(x: np.ndarray, w: int) -> np.ndarray:
     return (c[w:] - c[:-w]) / w
 
 
-def _layer_max(arr: np.ndarray | None, step: Any, s: int) -> float | None:
-    """Max over everything but the logged-step and seed axes (layers, heads) at `step`."""
+def _layer_max(arr: np.ndarray | None, step: Any, s: int, reduce: Any = np.nanmax) -> float | None:
+    """Max (or `reduce`) over everything but the logged-step and seed axes (layers, heads) at `step`;
+    None when nothing there is finite (a diverged seed), rather than numpy's all-NaN warning."""
     if arr is None:
         return None
     with np.errstate(all="ignore"):
         v = np.asarray(arr[step])
         v = v[:, s] if isinstance(step, slice) else v[s]
-        return float(np.nanmax(v)) if np.isfinite(v).any() else None
+        return float(reduce(v[np.isfinite(v)])) if np.isfinite(v).any() else None
 
 
 def _last_layer(arr: np.ndarray | None, step: int, s: int) -> float | None:
@@ -250,7 +251,6 @@ def summarize_seed(h: History, s: int) -> dict[str, Any]:
         max_gnorm = np.nanmax(gnorm) if not np.isnan(gnorm).all() else np.nan
     ev = h.eval_loss[:, s]
     jac = h.jacobian
-    ent = h.layers.get("attn_entropy")
     nonfinite = h.nonfinite[s] if s < len(h.nonfinite) else {}
     return {
         "seed": h.seeds[s],
@@ -270,11 +270,11 @@ def summarize_seed(h: History, s: int) -> dict[str, Any]:
         "grad_ratio_final": _ratio(h.layers.get("grad_norm/all"), -1, s),
         "act_grad_ratio_init": _ratio(h.layers.get("act_grad_norm"), 0, s),
         "act_grad_ratio_final": _ratio(h.layers.get("act_grad_norm"), -1, s),
-        "jac_spectral_max": np.nanmax(jac["jac_spectral"][0, s]) if "jac_spectral" in jac else None,
-        "jac_spectral_max_final": np.nanmax(jac["jac_spectral"][-1, s]) if "jac_spectral" in jac else None,
+        "jac_spectral_max": _layer_max(jac.get("jac_spectral"), 0, s),
+        "jac_spectral_max_final": _layer_max(jac.get("jac_spectral"), -1, s),
         "jac_end_to_end_init": jac["jac_end_to_end"][0, s] if "jac_end_to_end" in jac else None,
         "jac_end_to_end_final": jac["jac_end_to_end"][-1, s] if "jac_end_to_end" in jac else None,
-        "attn_entropy_min_final": np.nanmin(ent[-1, s]) if ent is not None else None,
+        "attn_entropy_min_final": _layer_max(h.layers.get("attn_entropy"), -1, s, reduce=np.min),
         "attn_logit_max_final": _layer_max(h.layers.get("attn_logit_max"), -1, s),
         "token_alignment_last_init": _last_layer(h.layers.get("token_alignment"), 0, s),
         "token_alignment_last_final": _last_layer(h.layers.get("token_alignment"), -1, s),

@@ -174,7 +174,7 @@ def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool
     return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)), donate_argnums=0)
 
 
-def make_measure(fns: StepFns, batch_fn: Callable) -> Callable:
+def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None = None) -> Callable:
     """jit(vmap): per-layer probes of the current parameters without changing them; (state, keys, data)."""
 
     def one_seed(state: TrainState, data_key: jax.Array, data: Any):
@@ -182,4 +182,4 @@ def make_measure(fns: StepFns, batch_fn: Callable) -> Callable:
         _, metrics = fns.train_step(state, batch_fn(data, key), key, True, apply_update=False)
         return metrics.pop("layers"), metrics
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)), compiler_options=compiler_options)

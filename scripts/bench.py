@@ -15,6 +15,7 @@ of repeats). Sections:
 - FLOP/s: FLOPs per step from XLA's `compiled.cost_analysis()['flops']` of one unrolled (scan=False) step at
   depths 1 and 2, extrapolated linearly in depth (XLA counts a scan body once, whatever its trip count), or
   6 · params · tokens where cost_analysis gives none; achieved FLOP/s over the measured float32 `jnp.dot` peak.
+  Measured at the sweep's width and again at d_model 256 (`wide_configs`), the size the FLOP/s target is set at.
 - compile time at depths 4, 16, 64, 128 (bench_compile.compile_times) and its ratio to depth 4.
 - seeds: S vmapped seeds in one program vs S sequential runs of the one-seed program (throughput ratio).
 - probe overhead (bench_probes.probe_overheads) at depths 8 and 32.
@@ -61,9 +62,19 @@ def _flops_of(model_cfg, optim_cfg, train_cfg) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
-def step_flops(depth: int, block: str, tiny: bool) -> tuple[float, str]:
-    """FLOPs of one train step of one seed, and how they were obtained."""
+def wide_configs(depth: int, *, block: str = "pre_ln", tiny: bool = False):
+    """The FLOP/s target's size: d_model 256 (4 heads, d_ff 1024), 128 tokens × batch 16, else as bench_configs.
+    At the sweep's default width (32) a step is a few hundred small matmuls and no CPU gets near its peak."""
     m, o, t = bench_configs(depth, block=block, tiny=tiny)
+    if tiny:
+        return m, o, t
+    return (m.replace(d_model=256, num_heads=4, d_ff=1024), o,
+            t.replace(seq_len=128, batch_size=16, log_every=5))
+
+
+def step_flops(depth: int, block: str, tiny: bool, configs=bench_configs) -> tuple[float, str]:
+    """FLOPs of one train step of one seed, and how they were obtained."""
+    m, o, t = configs(depth, block=block, tiny=tiny)
     f1 = _flops_of(m.replace(depth=1, scan=False), o, t)
     f2 = _flops_of(m.replace(depth=2, scan=False), o, t)
     if f1 is not None and f2 is not None:
@@ -73,18 +84,19 @@ def step_flops(depth: int, block: str, tiny: bool) -> tuple[float, str]:
     return 6.0 * n_params * t.batch_size * t.seq_len, "6·params·tokens"
 
 
-def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int) -> list[dict]:
+def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int,
+                configs=bench_configs) -> list[dict]:
     rows = []
     for block in blocks:
         runners, cfgs = {}, {}
         for depth in depths:
-            m, o, t = bench_configs(depth, block=block, tiny=tiny)
+            m, o, t = configs(depth, block=block, tiny=tiny)
             runners[depth] = cached_setup(m, o, t, GRADS_ONLY).runner(t.log_every, True)
             cfgs[depth] = t
         times = interleaved_medians(runners, repeats=repeats)
         for depth in depths:
             step_s = times[depth] / cfgs[depth].log_every
-            flops, how = step_flops(depth, block, tiny)
+            flops, how = step_flops(depth, block, tiny, configs)
             rows.append({"block": block, "depth": depth, "step_s": step_s, "flops": flops, "flops_how": how})
     return rows
 
@@ -198,6 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         sec.append(f"| {r['block']} | {r['depth']} | {1e3 * r['step_s']:.2f} | {r['flops'] / 1e9:.4f} | "
                    f"{fps / 1e9:.2f} | {fps / peak:.3f} | {'—' if tt is None else f'{1e3 * tt:.2f}'} | "
                    f"{'—' if tt is None else f'{tt / r['step_s']:.2f}'} |")
+    print("\n".join(sec))
+    out += sec
+
+    wm, _, wt = wide_configs(1, tiny=tiny)
+    wide = train_steps([2] if tiny else [4, 16], ["pre_ln"], tiny, repeats, configs=wide_configs)
+    sec = ["", f"## FLOP/s at d_model {wm.d_model} (pre_ln, H={wm.num_heads}, F={wm.d_ff}, T={wt.seq_len}, "
+           f"B={wt.batch_size})", "",
+           "| depth | ms/step | GFLOP/step | GFLOP/s | fraction of matmul peak |", "|---:|---:|---:|---:|---:|"]
+    for r in wide:
+        fps = r["flops"] / r["step_s"]
+        sec.append(f"| {r['depth']} | {1e3 * r['step_s']:.1f} | {r['flops'] / 1e9:.3f} | {fps / 1e9:.2f} | "
+                   f"{fps / peak:.3f} |")
     print("\n".join(sec))
     out += sec
 
