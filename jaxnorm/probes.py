@@ -246,7 +246,7 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
     return out
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=2)  # few: each compiled program pins memory mappings (see jaxnorm.train)
 def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = ()) -> Callable:
     one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg)  # noqa: E731
     return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=dict(compiler_options) or None)

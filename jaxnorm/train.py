@@ -8,6 +8,7 @@ the optimizer state, so cells that differ only in learning rate reuse one compil
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any, Callable
 
@@ -25,7 +26,12 @@ from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, ma
 
 # Seeds' probe batch comes from a key independent of their training data.
 PROBE_KEY = 1_000_003
-_programs: dict[tuple, Callable] = {}
+# Compiled programs of the most recent configurations (StepFns) only. Every XLA:CPU executable holds
+# hundreds of memory mappings until it is freed, and Linux allows ~65k per process, so a sweep that kept
+# all its cells' programs would crash after a few dozen cells. Sweeps order cells so that those sharing
+# programs (differing only in learning rate) are adjacent.
+_MAX_CACHED_CONFIGS = 2
+_programs: collections.OrderedDict[StepFns, dict[tuple, Callable]] = collections.OrderedDict()
 
 
 def one_shot_options(runs_once: bool) -> dict | None:
@@ -45,19 +51,32 @@ def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, *args: Any
     """Compiled programs are cached by everything that shapes them, so a sweep compiles each shape once.
     `once`: the program runs once per cell (see `one_shot_options`)."""
     mesh = sharding.data_mesh()
-    key = (kind, fns, jax.tree.structure(data), batch_size, mesh, once, *args)
-    if key not in _programs:
+    key = (kind, jax.tree.structure(data), batch_size, mesh, once, *args)
+    programs = _programs_of(fns)
+    if key not in programs:
         batch_fn = lambda d, k: sharding.shard_batch(d.batch(k, batch_size), mesh)  # noqa: E731
         options = one_shot_options(once)
         if kind == "chunk":
-            _programs[key] = make_chunk(fns, batch_fn, *args)
+            programs[key] = make_chunk(fns, batch_fn, *args)
         elif kind == "measure":
-            _programs[key] = make_measure(fns, batch_fn, options)
+            programs[key] = make_measure(fns, batch_fn, options)
         elif kind == "eval":
-            _programs[key] = _make_eval(fns, batch_size, *args, compiler_options=options)
+            programs[key] = _make_eval(fns, batch_size, *args, compiler_options=options)
         elif kind == "init":
-            _programs[key] = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None)), compiler_options=options)
-    return _programs[key]
+            programs[key] = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None)), compiler_options=options)
+    return programs[key]
+
+
+def _programs_of(fns: StepFns) -> dict[tuple, Callable]:
+    """This configuration's program cache; the least recently used configuration's programs are dropped
+    (and with them their executables) beyond _MAX_CACHED_CONFIGS."""
+    if fns in _programs:
+        _programs.move_to_end(fns)
+    else:
+        _programs[fns] = {}
+        while len(_programs) > _MAX_CACHED_CONFIGS:
+            _programs.popitem(last=False)
+    return _programs[fns]
 
 
 def _make_eval(fns: StepFns, batch_size: int, eval_batches: int, z_loss: float,
@@ -126,7 +145,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
         eval_steps.append(at_step)
 
     bar = tqdm(total=train_cfg.steps, desc=desc or f"{model_cfg.block} L={model_cfg.depth}",
-               disable=not train_cfg.progress, leave=False, unit="step")
+               disable=not train_cfg.progress or train_cfg.steps == 0, leave=False, unit="step")
     compile_s, steps_after_first = None, 0
     done = 0
     pending = None  # the previous chunk's outputs, read after the next chunk is dispatched
