@@ -272,10 +272,10 @@ def _init() -> SweepSpec:
     """`python -m experiments.init_gradients` (= `--preset init`): gradients at initialisation only.
 
     Every block at depths 2..64, TrainConfig.steps = 0: one measured forward/backward pass and the
-    Jacobian probes per cell, no training (72 cells × 2 seeds). Not timed end to end: at ~10–20 s of
-    compiling per cell on a 2-core CPU expect 10–25 minutes the first time, far less on a rerun (the
-    compilation cache) or a GPU. Shows the per-layer gradient and Jacobian profile each placement starts
-    from, across depth.
+    Jacobian probes per cell, no training (72 cells × 2 seeds). Measured end to end on a 2-core CPU with
+    an empty compilation cache: 12 minutes, ~10 s per cell, nearly all of it compiling each cell's four
+    programs (init, measured step, eval, Jacobian probes; one-shot programs compile at XLA's lowest CPU
+    backend level). Shows the per-layer gradient and Jacobian profile each placement starts from.
     """
     return SweepSpec(
         depths=(2, 4, 8, 16, 32, 64), blocks=BLOCKS, norms=("layernorm",), attentions=("dot",),
