@@ -11,8 +11,8 @@ the chunks interleaved). Reported: `probed step / bare step` = 1 + (t_probed_chu
 and `chunk ratio` = t_probed_chunk / t_bare_chunk (the cost as training pays it, once per log_every steps).
 
 Jacobian probes run outside the step, every probe_every steps (ProbeConfig's default unless --probe-every):
-`jacobian_stats_seeds` is timed and reported as t_jacobian / (probe_every × t_bare_step), its amortised
-overhead per step, and as t_jacobian / t_bare_step (the cost of one call, in bare steps).
+`jacobian_stats_seeds` is timed in turn with the chunks and reported as t_jacobian / (probe_every × t_bare_step),
+its amortised overhead per step, and as t_jacobian / t_bare_step (the cost of one call, in bare steps).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compile import (  # noqa: E402
-    LAYER_FAMILIES, NO_PROBES, bench_configs, cached_setup, interleaved_medians, median_time, parse_depths,
+    LAYER_FAMILIES, NO_PROBES, bench_configs, cached_setup, interleaved_medians, parse_depths,
     smoke_mode,
 )
 
@@ -48,6 +48,12 @@ def probe_overheads(depths: list[int], *, tiny: bool = False, repeats: int = 10,
         for fam in families:
             cfg = NO_PROBES.replace(**({f: True for f in LAYER_FAMILIES} if fam == "all" else {fam: True}))
             runners[fam] = cached_setup(model_cfg, optim_cfg, train_cfg, cfg).runner(n, True)
+        jac_cfg = default.replace(probe_every=probe_every)
+        jac = cached_setup(model_cfg, optim_cfg, train_cfg, jac_cfg)
+        tokens, key = jac.probe_tokens(), jax.random.key(0)
+        # Timed in turn with the chunks, so a change in machine load cannot skew its ratio to the bare step.
+        runners["jacobian"] = lambda jac=jac, tokens=tokens, key=key, jac_cfg=jac_cfg: probes.jacobian_stats_seeds(
+            jac.fns.graphdef, jac.state.params, jac.state.rest, tokens, key, jac_cfg)
         t = interleaved_medians(runners, repeats=repeats)
         step = t["bare"] / n
         rows.append({"depth": depth, "family": "bare", "time_ms": 1e3 * t["bare"], "unit": f"chunk of {n}",
@@ -55,12 +61,7 @@ def probe_overheads(depths: list[int], *, tiny: bool = False, repeats: int = 10,
         for fam in families:
             rows.append({"depth": depth, "family": fam, "time_ms": 1e3 * t[fam], "unit": f"chunk of {n}",
                          "step_ratio": 1.0 + (t[fam] - t["bare"]) / step, "chunk_ratio": t[fam] / t["bare"]})
-        jac_cfg = default.replace(probe_every=probe_every)
-        jac = cached_setup(model_cfg, optim_cfg, train_cfg, jac_cfg)
-        tokens, key = jac.probe_tokens(), jax.random.key(0)
-        t_jac = median_time(lambda: probes.jacobian_stats_seeds(jac.fns.graphdef, jac.state.params,
-                                                                jac.state.rest, tokens, key, jac_cfg),
-                            repeats=max(3, repeats // 3))
+        t_jac = t["jacobian"]
         rows.append({"depth": depth, "family": f"jacobian (every {probe_every})", "time_ms": 1e3 * t_jac,
                      "unit": "call", "step_ratio": t_jac / step,
                      "chunk_ratio": 1.0 + t_jac / (probe_every * step)})
