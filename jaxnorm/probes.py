@@ -246,7 +246,14 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
     return out
 
 
-@functools.lru_cache(maxsize=2)  # few: each compiled program pins memory mappings (see jaxnorm.train)
+# How many configurations' compiled programs a process keeps (here and in jaxnorm.train). Every XLA:CPU
+# executable holds hundreds of memory mappings until it is freed, and Linux allows ~65k per process, so a
+# sweep that kept all its cells' programs crashed after a few dozen cells. Sweeps order cells so that those
+# sharing programs (differing only in learning rate) are adjacent.
+MAX_CACHED_CONFIGS = 2
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_CONFIGS)
 def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = ()) -> Callable:
     one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg)  # noqa: E731
     return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=dict(compiler_options) or None)

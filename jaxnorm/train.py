@@ -26,11 +26,7 @@ from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, ma
 
 # Seeds' probe batch comes from a key independent of their training data.
 PROBE_KEY = 1_000_003
-# Compiled programs of the most recent configurations (StepFns) only. Every XLA:CPU executable holds
-# hundreds of memory mappings until it is freed, and Linux allows ~65k per process, so a sweep that kept
-# all its cells' programs would crash after a few dozen cells. Sweeps order cells so that those sharing
-# programs (differing only in learning rate) are adjacent.
-_MAX_CACHED_CONFIGS = 2
+# Compiled programs of the probes.MAX_CACHED_CONFIGS most recently used configurations (StepFns) only.
 _programs: collections.OrderedDict[StepFns, dict[tuple, Callable]] = collections.OrderedDict()
 
 
@@ -69,12 +65,12 @@ def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, *args: Any
 
 def _programs_of(fns: StepFns) -> dict[tuple, Callable]:
     """This configuration's program cache; the least recently used configuration's programs are dropped
-    (and with them their executables) beyond _MAX_CACHED_CONFIGS."""
+    (and with them their executables) beyond probes.MAX_CACHED_CONFIGS."""
     if fns in _programs:
         _programs.move_to_end(fns)
     else:
         _programs[fns] = {}
-        while len(_programs) > _MAX_CACHED_CONFIGS:
+        while len(_programs) > probes.MAX_CACHED_CONFIGS:
             _programs.popitem(last=False)
     return _programs[fns]
 

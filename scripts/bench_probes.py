@@ -18,6 +18,7 @@ its amortised overhead per step, and as t_jacobian / t_bare_step (the cost of on
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def probe_overheads(depths: list[int], *, tiny: bool = False, repeats: int = 10,
         jac = cached_setup(model_cfg, optim_cfg, train_cfg, jac_cfg)
         tokens, key = jac.probe_tokens(), jax.random.key(0)
         # Timed in turn with the chunks, so a change in machine load cannot skew its ratio to the bare step.
-        runners["jacobian"] = lambda jac=jac, tokens=tokens, key=key, jac_cfg=jac_cfg: probes.jacobian_stats_seeds(
-            jac.fns.graphdef, jac.state.params, jac.state.rest, tokens, key, jac_cfg)
+        runners["jacobian"] = functools.partial(probes.jacobian_stats_seeds, jac.fns.graphdef, jac.state.params,
+                                                jac.state.rest, tokens, key, jac_cfg)
         t = interleaved_medians(runners, repeats=repeats)
         step = t["bare"] / n
         rows.append({"depth": depth, "family": "bare", "time_ms": 1e3 * t["bare"], "unit": f"chunk of {n}",

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxnorm import probes
 from jaxnorm import train as train_lib
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 
@@ -18,6 +19,10 @@ def tiny_train(**kw):
                 eval_batches=2, progress=False)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def _cached_program_keys() -> list[tuple]:
+    return [key for programs in train_lib._programs.values() for key in programs]
 
 
 def test_pre_ln_learns_reverse():
@@ -34,7 +39,7 @@ def test_vmapped_seeds_equal_separate_runs_and_compile_once():
     optim = OptimConfig(lr=2e-3)
     train_lib._programs.clear()
     together = train_lib.train(SMALL, optim, tiny_train(seeds=3, seed=5), NO_JAC)
-    chunk_programs = [k for programs in train_lib._programs.values() for k in programs if k[0] == "chunk"]
+    chunk_programs = [k for k in _cached_program_keys() if k[0] == "chunk"]
     assert len(chunk_programs) == 1  # 3 seeds, 20 steps in chunks of 5: one compiled program
     for s in range(3):
         alone = train_lib.train(SMALL, optim, tiny_train(seeds=1, seed=5 + s), NO_JAC)
@@ -84,9 +89,9 @@ def test_rerun_is_identical():
 def test_lr_change_does_not_recompile():
     train_lib._programs.clear()
     h1 = train_lib.train(SMALL, OptimConfig(lr=1e-3), tiny_train(), NO_JAC)
-    n = sum(len(p) for p in train_lib._programs.values())
+    n = len(_cached_program_keys())
     h2 = train_lib.train(SMALL, OptimConfig(lr=3e-3), tiny_train(), NO_JAC)
-    assert sum(len(p) for p in train_lib._programs.values()) == n
+    assert len(_cached_program_keys()) == n
     assert h2.timing["compile_s"] < h1.timing["compile_s"]
     assert h2.metrics["lr"].max() == pytest.approx(3 * h1.metrics["lr"].max(), rel=1e-5)
 
@@ -125,7 +130,7 @@ def _memory_maps() -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts Linux memory mappings")
 def test_compiled_programs_do_not_accumulate_over_cells():
     # Every XLA:CPU executable pins memory mappings until freed; Linux allows ~65k per process, and a sweep
-    # that kept every cell's programs crashed after ~50 cells. Only the last _MAX_CACHED_CONFIGS stay.
+    # that kept every cell's programs crashed after ~50 cells. Only the last MAX_CACHED_CONFIGS stay.
     model = ModelConfig(depth=1, d_model=16, num_heads=2, d_ff=32)
     cfg = TrainConfig(task="copy", steps=0, seq_len=4, batch_size=4, progress=False)
     probe = ProbeConfig(power_iters=2, hutchinson_samples=1, probe_batch=1)
@@ -134,8 +139,8 @@ def test_compiled_programs_do_not_accumulate_over_cells():
     for depth in range(1, 5):
         train_lib.train(model.replace(depth=depth), OptimConfig(), cfg, probe)
         counts.append(_memory_maps())
-    assert len(train_lib._programs) == train_lib._MAX_CACHED_CONFIGS
+    assert len(train_lib._programs) == probes.MAX_CACHED_CONFIGS
     one_cell = counts[1] - counts[0]
     assert one_cell > 0
     # The two cells after the cache filled up add less than one cell's worth (unbounded: ~2 cells' worth).
-    assert counts[-1] - counts[train_lib._MAX_CACHED_CONFIGS] < one_cell, counts
+    assert counts[-1] - counts[probes.MAX_CACHED_CONFIGS] < one_cell, counts
