@@ -7,6 +7,7 @@ about the slowest of them. scripts/bench.py's smoke run repeats every other sect
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,30 +20,79 @@ SCRIPTS = ROOT / "scripts"
 HEADERS = {
     "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |"],
     "bench_probes.py": ["# probe overhead", "| depth | probes | time ms |"],
+    "profile_step.py": ["# where the time goes", "| op kind | 1 seed: ms/chunk |", "## One Jacobian probe call",
+                        "## Optimised HLO"],
     "torch_reference.py": ['"results"'],
     "bench.py": ["# jaxnorm benchmark", "## Train step", "| block | depth | jaxnorm ms/step |",
                  "## Compile time vs depth", "## Seeds", "## Probe overhead"],
 }
 
 
-def _start(script: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--tiny"], cwd=ROOT, text=True,
+def _start(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--tiny", *args], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")
-def smoke_runs() -> dict[str, tuple[int, str, str]]:
-    """bench_compile and bench_probes run concurrently; the results are read once for the module."""
+def profile_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("profile")
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(profile_dir) -> dict[str, tuple[int, str, str]]:
+    """The JAX scripts' smoke runs start together; the results are read once for the module."""
     procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py")}
+    procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
+                                      "--out", str(profile_dir / "profile.md"))
     return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
 
 
-@pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py"])
+@pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py"])
 def test_jax_bench_script_smoke(smoke_runs, script):
     rc, out, err = smoke_runs[script]
     assert rc == 0, err[-2000:]
     for header in HEADERS[script]:
         assert header in out
+
+
+def test_profile_finds_the_kernels_it_reports(smoke_runs, profile_dir):
+    """The profile's totals come from real kernel events: non-zero times and counts, the vmapped chunk's
+    optimised HLO has only batched dots (seeds are a batch dimension), and --out holds what was printed."""
+    rc, out, err = smoke_runs["profile_step.py"]
+    assert rc == 0, err[-2000:]
+    totals = [line.split("|") for line in out.splitlines() if line.startswith("| **all kernels** |")]
+    assert len(totals) == 2  # the seeds table and the Jacobian table
+    seeds_row, jac_row = totals
+    assert float(seeds_row[2]) > 0 and float(seeds_row[3]) > 0 and float(seeds_row[4]) > 0
+    assert float(jac_row[2]) > 0 and float(jac_row[3]) > 0
+    (n_one, batched_one), (n_two, batched_two) = [
+        (int(m[1]), int(m[2])) for m in re.finditer(r"- chunk-\S+: (\d+) dot instructions, (\d+) with batch", out)]
+    assert n_one == n_two > batched_one and batched_two == n_two
+    assert (profile_dir / "hlo" / "chunk-2-seeds.hlo.txt").read_text().count(" dot(") >= n_two
+    assert (profile_dir / "profile.md").read_text().strip() in out
+
+
+def test_kernel_time_by_kind_on_a_hand_made_trace():
+    sys.path.insert(0, str(SCRIPTS))
+    from trace_kernels import kernel_events, kernel_time_by_kind, op_kind
+
+    def x(name, dur, **args):
+        return {"ph": "X", "name": name, "dur": dur, "args": args}
+
+    trace = {"traceEvents": [
+        {"ph": "M", "name": "process_name", "args": {"name": "/host:CPU"}},
+        x("dot.1", 300.0, hlo_op="dot.1"), x("dot.7", 100.0, hlo_op="dot.7"),
+        x("ynn_fusion.3", 50.0, hlo_op="ynn_fusion.3"), x("copy", 10.0, hlo_op="copy"),
+        x("while.2", 9000.0, hlo_op="while.2"),               # spans the kernels above: not counted
+        x("end: dot.1", 1.0), x("$api.py:1 block_until_ready", 5000.0),  # no HLO op: not a kernel
+        {"ph": "i", "name": "dot.9", "args": {"hlo_op": "dot.9"}},  # an instant event, not a span
+    ]}
+    assert op_kind("dot.3.1") == "dot" and op_kind("bitcast_dynamic-update-slice_fusion.12") == \
+        "bitcast_dynamic-update-slice_fusion" and op_kind("wrapped_broadcast") == "wrapped_broadcast"
+    got = kernel_time_by_kind(kernel_events(trace), calls=2)
+    # by hand: dot (300 + 100) µs / 2 calls = 0.2 ms in 1 kernel per call; ynn_fusion 0.025 ms; copy 0.005 ms
+    assert got == {"dot": (0.2, 1.0), "ynn_fusion": (0.025, 0.5), "copy": (0.005, 0.5)}
+    assert list(got) == ["dot", "ynn_fusion", "copy"]  # largest time first
 
 
 def test_torch_reference_smoke():
