@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
 HEADERS = {
-    "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |"],
+    "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |",
+                         "# programs of one `--preset init` cell", "| program | lower s |"],
     "bench_probes.py": ["# probe overhead", "| depth | probes | time ms |"],
     "profile_step.py": ["# where the time goes", "| op kind | 1 seed: ms/chunk |", "## One Jacobian probe call",
                         "## Optimised HLO"],
@@ -53,6 +54,19 @@ def test_jax_bench_script_smoke(smoke_runs, script):
     assert rc == 0, err[-2000:]
     for header in HEADERS[script]:
         assert header in out
+
+
+def test_init_cell_table_times_every_program(smoke_runs):
+    """The init-cell table has one row per program a steps = 0 cell compiles, each a real (non-zero) compile."""
+    rc, out, err = smoke_runs["bench_compile.py"]
+    assert rc == 0, err[-2000:]
+    table = out.split("# programs of one `--preset init` cell")[1]
+    rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:5]]
+            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| program")}
+    assert list(rows) == ["init", "measure (probed step, no update)", "eval", "jacobian probes", "**all**"]
+    for lower_s, compile_s, total_s in rows.values():
+        assert lower_s > 0 and compile_s > 0 and abs(lower_s + compile_s - total_s) < 0.02
+    assert abs(sum(r[2] for name, r in rows.items() if name != "**all**") - rows["**all**"][2]) < 0.05
 
 
 def test_profile_finds_the_kernels_it_reports(smoke_runs, profile_dir):
