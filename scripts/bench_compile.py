@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import statistics
 import sys
@@ -106,8 +107,12 @@ class Setup:
     def abstract_args(self) -> tuple:
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (self.state, self.data_keys))
 
-    def probe_tokens(self) -> jax.Array:
-        return self.data.batch(jax.random.key(1_000_003), self.probe_cfg.probe_batch, "eval")["inputs"]
+    def jacobian_runner(self, probe_cfg: ProbeConfig) -> Callable[[], Any]:
+        """A no-argument callable: the Jacobian probes of this setup's parameters, as `jaxnorm.train` calls them
+        (its probe batch, `probe_cfg`'s sizes)."""
+        tokens = self.data.batch(jax.random.key(train_lib.PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
+        return functools.partial(probes.jacobian_stats_seeds, self.fns.graphdef, self.state.params, self.state.rest,
+                                 tokens, jax.random.key(0), probe_cfg)
 
 
 def make_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,

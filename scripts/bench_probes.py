@@ -18,7 +18,6 @@ its amortised overhead per step, and as t_jacobian / t_bare_step (the cost of on
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from bench_compile import (  # noqa: E402
 
 import jax  # noqa: E402
 
-from jaxnorm import probes  # noqa: E402
 from jaxnorm.config import ProbeConfig  # noqa: E402
 
 
@@ -49,12 +47,9 @@ def probe_overheads(depths: list[int], *, tiny: bool = False, repeats: int = 10,
         for fam in families:
             cfg = NO_PROBES.replace(**({f: True for f in LAYER_FAMILIES} if fam == "all" else {fam: True}))
             runners[fam] = cached_setup(model_cfg, optim_cfg, train_cfg, cfg).runner(n, True)
-        jac_cfg = default.replace(probe_every=probe_every)
-        jac = cached_setup(model_cfg, optim_cfg, train_cfg, jac_cfg)
-        tokens, key = jac.probe_tokens(), jax.random.key(0)
-        # Timed in turn with the chunks, so a change in machine load cannot skew its ratio to the bare step.
-        runners["jacobian"] = functools.partial(probes.jacobian_stats_seeds, jac.fns.graphdef, jac.state.params,
-                                                jac.state.rest, tokens, key, jac_cfg)
+        # The bare setup's parameters (the probes run outside the step), timed in turn with the chunks so a
+        # change in machine load cannot skew its ratio to the bare step.
+        runners["jacobian"] = bare.jacobian_runner(default)
         t = interleaved_medians(runners, repeats=repeats)
         step = t["bare"] / n
         rows.append({"depth": depth, "family": "bare", "time_ms": 1e3 * t["bare"], "unit": f"chunk of {n}",

@@ -25,7 +25,6 @@ The trace directory (--trace-dir, default a temporary one) opens in Perfetto (ui
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 import tempfile
@@ -40,8 +39,8 @@ from trace_kernels import kernel_events, kernel_time_by_kind, read_trace  # noqa
 
 import jax  # noqa: E402
 
-from jaxnorm import probes  # noqa: E402
 from jaxnorm.config import ConfigError, ProbeConfig  # noqa: E402
+
 
 def profile(fn: Callable[[], Any], calls: int, trace_dir: Path) -> tuple[dict[str, tuple[float, float]], float]:
     """(kernel time by kind per call, wall seconds per call) of `calls` calls of fn inside one trace."""
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     k1, w1 = profile(one.runner(n, True), calls, root / "chunk-1-seed")
     kS, wS = profile(many.runner(n, True), calls, root / f"chunk-{S}-seeds")
     jac_cfg = ProbeConfig()
-    jac = cached_setup(m, o, t, jac_cfg, seeds=1)
-    jac_call = functools.partial(probes.jacobian_stats_seeds, jac.fns.graphdef, jac.state.params, jac.state.rest,
-                                 jac.probe_tokens(), jax.random.key(0), jac_cfg)
-    kJ, wJ = profile(jac_call, calls, root / "jacobian")
+    kJ, wJ = profile(one.jacobian_runner(jac_cfg), calls, root / "jacobian")
 
     dev = jax.devices()[0]
     out = [f"# where the time goes ({dev.device_kind}{', smoke run: not a measurement' if args.tiny else ''})", "",
