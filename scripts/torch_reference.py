@@ -9,10 +9,11 @@ logits, a ReLU MLP (D → F → D), LayerNorm (eps 1e-5) placed as x ← x + F(L
 x ← LN(x + F(x)) (post_ln); xavier-uniform kernels, zero biases; weighted cross-entropy on the answer half;
 AdamW (weight decay off norms and biases) with linear warmup + cosine decay. After every backward the
 per-layer gradient norms ‖∂loss/∂θ_l‖ are computed (as jaxnorm's step does every step for its non-finite
-bookkeeping). The step is eager PyTorch on CPU threads (torch.get_num_threads()), timed with
+bookkeeping). The step is eager PyTorch on CPU threads (torch.get_num_threads()) or, with `--device cuda`, on
+the GPU (batches drawn on the device, torch.cuda.synchronize() before each clock read), timed with
 time.perf_counter after warm-up steps, median over repeats of `--steps` steps.
 
-Output: one JSON object on stdout, {"torch": version, "threads": n, "results": [{"block", "depth",
+Output: one JSON object on stdout, {"torch": version, "threads": n, "device": name, "results": [{"block", "depth",
 "step_s"}...]}. This script needs only torch (no JAX), so it can run in another interpreter than jaxnorm's.
 """
 
@@ -84,20 +85,22 @@ class Model(nn.Module):
 
 
 def reverse_batch(gen: torch.Generator, batch: int, seq_len: int, symbols: int):
-    """jaxnorm's `reverse` task: inputs [s, MASK×n], targets [s, reversed s], only the second half scored."""
-    n = seq_len // 2
-    s = torch.randint(0, symbols, (batch, n), generator=gen)
+    """jaxnorm's `reverse` task: inputs [s, MASK×n], targets [s, reversed s], only the second half scored.
+    Drawn on the generator's device, as jaxnorm draws its batches inside the jitted step."""
+    n, device = seq_len // 2, gen.device
+    s = torch.randint(0, symbols, (batch, n), generator=gen, device=device)
     inputs = torch.cat([s, torch.full_like(s, symbols)], dim=1)
     targets = torch.cat([s, s.flip(1)], dim=1)
-    weights = torch.cat([torch.zeros(batch, n), torch.ones(batch, n)], dim=1)
+    weights = torch.cat([torch.zeros(batch, n, device=device), torch.ones(batch, n, device=device)], dim=1)
     return inputs, targets, weights
 
 
 def time_config(kind: str, depth: int, args: argparse.Namespace) -> float:
     torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
+    device = torch.device(args.device)
+    gen = torch.Generator(device=device).manual_seed(0)
     vocab = args.num_symbols + 1
-    model = Model(kind, depth, args.d_model, args.heads, args.d_ff, vocab, args.seq_len)
+    model = Model(kind, depth, args.d_model, args.heads, args.d_ff, vocab, args.seq_len).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
@@ -121,13 +124,17 @@ def time_config(kind: str, depth: int, args: argparse.Namespace) -> float:
         opt.step()
         sched.step()
 
+    # CUDA kernels run asynchronously: wait for the queued ones before each clock read.
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup_steps):
         step()
     times = []
     for _ in range(args.repeats):
+        sync()
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
+        sync()
         times.append((time.perf_counter() - t0) / args.steps)
         recorded.clear()
     return statistics.median(times)
@@ -151,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
     p.add_argument("--tiny", action="store_true", help="smoke run: depth 2, tiny width, few steps")
     args = p.parse_args(argv)
     if args.tiny:
@@ -158,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.repeats, args.warmup_steps = 3, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device: cuda is not available to this torch; allowed here: cpu")
     results = [{"block": kind, "depth": depth, "step_s": time_config(kind, depth, args)}
                for kind in args.blocks.split(",") for depth in args.depths]
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+                      "results": results}))
     return 0
 
 

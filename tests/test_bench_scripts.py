@@ -25,7 +25,8 @@ HEADERS = {
                         "## Optimised HLO"],
     "torch_reference.py": ['"results"'],
     "bench.py": ["# jaxnorm benchmark", "## Train step", "| block | depth | jaxnorm ms/step |",
-                 "## Compile time vs depth", "## Seeds", "## Probe overhead"],
+                 "## FLOP/s vs measured matmul peak", "| matmul dtype |", "| bfloat16 |", "## Compile time vs depth",
+                 "## Seeds", "## Probe overhead"],
 }
 
 
@@ -126,3 +127,35 @@ def test_bench_smoke_writes_nothing(tmp_path):
     for header in HEADERS["bench.py"]:
         assert header in proc.stdout
     assert not out.exists()  # --tiny never writes results
+
+
+def test_model_flops_match_xla_count_of_the_forward_pass():
+    """bench.model_flops (MFU's model FLOPs) against an independent count: XLA:CPU's cost_analysis of the
+    unrolled forward pass, which counts every dot it compiles. A third of the train-step model FLOPs is the
+    forward's matmuls; XLA's count adds only the elementwise work (softmax, norms, ReLU), a few percent here."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(SCRIPTS))
+    from bench import model_flops
+    from jaxnorm import ModelConfig, TrainConfig
+    from jaxnorm import model as model_lib
+    from jaxnorm.data import make_dataset
+    from jaxnorm.train import resolve_model_config
+
+    t = TrainConfig(task="reverse", seq_len=32, batch_size=4, num_symbols=16)
+    m = resolve_model_config(ModelConfig(depth=3, d_model=64, num_heads=4, d_ff=256, scan=False),
+                             make_dataset(t))
+    graphdef, params, rest = model_lib.init(m, jax.random.key(0))
+    forward = jax.jit(lambda p, r, x: model_lib.apply(graphdef, p, r, x, train=False)[0])
+    cost = forward.lower(params, rest, jnp.zeros((t.batch_size, t.seq_len), jnp.int32)).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+    matmuls = model_flops(m, t) / 3
+    assert matmuls <= xla <= 1.1 * matmuls, (matmuls, xla)
+
+
+def test_bench_rejects_unknown_section():
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--tiny", "--sections", "train,warp"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--sections" in proc.stderr and "allowed: comma-separated train, wide, compile, seeds, probes" in proc.stderr
