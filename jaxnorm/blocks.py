@@ -31,6 +31,7 @@ from jaxnorm.attention import Attention
 from jaxnorm.config import ModelConfig
 from jaxnorm.init import deepnorm_constants
 from jaxnorm.norms import make_norm
+from jaxnorm.padding import DepthData, is_padded
 
 # Blocks whose stack ends un-normalised, so the model adds a final norm before the head.
 PRE_NORM_BLOCKS = ("pre_ln", "sandwich", "normformer", "subln", "depth_mup")
@@ -66,6 +67,11 @@ def residual_diagnostics(x_BxTxD: jax.Array) -> dict[str, jax.Array]:
         "token_alignment": alignment if T > 1 else jnp.ones((), jnp.float32),
         "rank1_residual": rank1_residual,
     }
+
+
+def _value(c: float | DepthData) -> float | jax.Array:
+    """A depth constant: a Python float, or a padded model's per-layer value."""
+    return c[...] if isinstance(c, DepthData) else c
 
 
 class MLP(nnx.Module):
@@ -110,14 +116,23 @@ class Block(nnx.Module):
         if kind == "admin":
             # ω for the attention (row 0) and MLP (row 1) residuals; the model sets it after profiling.
             self.admin_omega = nnx.Param(jnp.ones((2, D), jnp.float32))
-        self.residual_scale = 1.0
-        if kind == "deepnorm":
-            self.residual_scale = deepnorm_constants(cfg.depth)[0]
-        self.branch_scale = 1.0
-        if kind == "depth_mup":
-            self.branch_scale = float(cfg.depth) ** -cfg.depth_mup_alpha
+        residual_scale = deepnorm_constants(cfg.depth)[0] if kind == "deepnorm" else 1.0
+        branch_scale = float(cfg.depth) ** -cfg.depth_mup_alpha if kind == "depth_mup" else 1.0
+        if is_padded(cfg):  # depth as data (jaxnorm.padding): the model sets these from its active depth
+            self.layer_active = DepthData(jnp.ones((), bool))
+            if kind == "deepnorm":
+                residual_scale = DepthData(jnp.float32(residual_scale))
+            if kind == "depth_mup":
+                branch_scale = DepthData(jnp.float32(branch_scale))
+        self.residual_scale, self.branch_scale = residual_scale, branch_scale
 
     def __call__(self, x_BxTxD: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+        y, diag = self._forward(x_BxTxD, train=train)
+        if hasattr(self, "layer_active"):  # a padded model's inactive layer is the identity
+            y = jnp.where(self.layer_active[...], y, x_BxTxD)
+        return y, diag
+
+    def _forward(self, x_BxTxD: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
         kind = self.kind
         diag = residual_diagnostics(x_BxTxD)
         n1 = (lambda h: self.norm1(h, train=train)) if hasattr(self, "norm1") else (lambda h: h)
@@ -132,16 +147,17 @@ class Block(nnx.Module):
                 fa = self.norm_attn_out(fa, train=train)
             if kind == "sandwich":
                 fa = self.norm1_out(fa, train=train)
-            fa_added = self.branch_scale * fa
+            scale = _value(self.branch_scale)
+            fa_added = scale * fa
             x1 = x_BxTxD + fa_added
             fm = mlp(n2(x1))
             if kind == "sandwich":
                 fm = self.norm2_out(fm, train=train)
-            fm_added = self.branch_scale * fm
+            fm_added = scale * fm
             y = x1 + fm_added
             streams = (x_BxTxD, x1)
         elif kind in ("post_ln", "deepnorm", "no_norm", "b2t"):
-            a = self.residual_scale
+            a = _value(self.residual_scale)
             fa, attn_diag = attn(x_BxTxD)
             fa_added = fa
             x1 = n1(a * x_BxTxD + fa)

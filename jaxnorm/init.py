@@ -28,17 +28,23 @@ def deepnorm_constants(depth: int) -> tuple[float, float]:
     return (2.0 * depth) ** 0.25, (8.0 * depth) ** -0.25
 
 
-def subln_gain(depth: int) -> float:
+def subln_gain(depth: int | jax.Array) -> float | jax.Array:
     """Sub-LN's weight gain γ = √(ln 2N) for an encoder of N layers (Wang et al. 2022, "Magneto")."""
-    return math.sqrt(math.log(2.0 * depth))
+    m = _math_of(depth)
+    return m.sqrt(m.log(2.0 * depth))
 
 
-def admin_omega_closed_form(num_sublayers: int) -> float:
+def admin_omega_closed_form(num_sublayers: int | jax.Array) -> float | jax.Array:
     """Admin's ω without profiling: √((N+1)/ln(N+1) − 1), N = number of residual sublayers (2 per block).
 
     This is the constant of Liu et al. 2020's released `admin_torch` package (e.g. N=12 → ω ≈ 2.017)."""
-    n = num_sublayers
-    return math.sqrt((n + 1) / math.log(n + 1) - 1.0)
+    n, m = num_sublayers, _math_of(num_sublayers)
+    return m.sqrt((n + 1) / m.log(n + 1) - 1.0)
+
+
+def _math_of(depth: int | jax.Array):
+    """`math` for a Python depth (constants stay Python floats), `jnp` for a padded model's traced one."""
+    return math if isinstance(depth, (int, float)) else jnp
 
 
 def admin_omega_profiled(embed_var: jax.Array, branch_var_Lx2: jax.Array) -> jax.Array:
@@ -63,27 +69,30 @@ def small_init_std(d_model: int) -> float:
     return math.sqrt(2.0 / (5.0 * d_model))
 
 
-def _layer_factor(cfg: ModelConfig, names: tuple[str, ...]) -> jax.Array | float:
-    """Multiplier for one stacked block kernel (scalar, or [L] broadcast over the layer axis)."""
-    L = cfg.depth
+def _layer_factor(cfg: ModelConfig, names: tuple[str, ...], depth: int | jax.Array) -> jax.Array | float:
+    """Multiplier for one stacked block kernel (scalar, or [L] broadcast over the layer axis). `depth` sets
+    the depth constants: cfg.depth, or a padded model's active depth (jaxnorm.padding)."""
     module = names[-2] if len(names) >= 2 else ""
     factor: jax.Array | float = 1.0
     if cfg.init == "depth_scaled" and module in OUTPUT_KERNELS:
-        factor = 1.0 / math.sqrt(2.0 * L)  # GPT-2 style residual-projection scaling
+        factor = (2.0 * depth) ** -0.5  # GPT-2 style residual-projection scaling 1/√(2L)
     elif cfg.init == "t_fixup" and module in VALUE_PATH_KERNELS:
-        factor = t_fixup_scale(L)
+        factor = t_fixup_scale(depth)
     elif cfg.init == "ds_init":
         # Zhang, Titov & Sennrich 2019: U(±γ·α/√l) with γ the Xavier bound, α = 1, l = 1..L.
-        factor = 1.0 / jnp.sqrt(jnp.arange(1, L + 1, dtype=jnp.float32))
+        factor = 1.0 / jnp.sqrt(jnp.arange(1, cfg.depth + 1, dtype=jnp.float32))
     if cfg.block == "deepnorm" and module in VALUE_PATH_KERNELS:
-        factor = factor * deepnorm_constants(L)[1]
+        factor = factor * deepnorm_constants(depth)[1]
     if cfg.block == "subln" and module in VALUE_PATH_KERNELS:
-        factor = factor * subln_gain(L)
+        factor = factor * subln_gain(depth)
     return factor
 
 
-def apply_init_scheme(model: nnx.Module, cfg: ModelConfig, key: jax.Array) -> None:
-    """Rescale (or redraw) `model`'s parameters in place according to cfg.init and cfg.block."""
+def apply_init_scheme(model: nnx.Module, cfg: ModelConfig, key: jax.Array,
+                      depth: int | jax.Array | None = None) -> None:
+    """Rescale (or redraw) `model`'s parameters in place according to cfg.init and cfg.block; `depth`
+    (default cfg.depth) is the depth the constants are computed for."""
+    depth = cfg.depth if depth is None else depth
     params = nnx.state(model, nnx.Param)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(key, max(len(leaves), 1))
@@ -93,11 +102,11 @@ def apply_init_scheme(model: nnx.Module, cfg: ModelConfig, key: jax.Array) -> No
         if "blocks" in names and names[-1] == "kernel":
             if cfg.init == "small":
                 leaf = small_init_std(cfg.d_model) * jax.random.normal(k, leaf.shape, leaf.dtype)
-            factor = _layer_factor(cfg, names)
+            factor = _layer_factor(cfg, names, depth)
             if not isinstance(factor, float):
                 factor = factor.reshape((-1,) + (1,) * (leaf.ndim - 1))
             leaf = leaf * factor
         elif names[-1] == "embedding" and names[0] == "token_embed" and cfg.init == "t_fixup":
-            leaf = t_fixup_scale(cfg.depth) * cfg.d_model ** -0.5 * jax.random.normal(k, leaf.shape, leaf.dtype)
+            leaf = t_fixup_scale(depth) * cfg.d_model ** -0.5 * jax.random.normal(k, leaf.shape, leaf.dtype)
         new_leaves.append(leaf)
     nnx.update(model, jax.tree_util.tree_unflatten(treedef, new_leaves))

@@ -21,8 +21,10 @@ from flax import nnx
 
 from jaxnorm.blocks import PRE_NORM_BLOCKS, Block, _norm_kind
 from jaxnorm.config import ModelConfig
-from jaxnorm.init import admin_omega_closed_form, admin_omega_profiled, apply_init_scheme
+from jaxnorm.init import (admin_omega_closed_form, admin_omega_profiled, apply_init_scheme,
+                          deepnorm_constants)
 from jaxnorm.norms import make_norm
+from jaxnorm.padding import is_padded
 
 # Sequences used by Admin's profiling pass (random tokens: the pass only needs typical activations).
 ADMIN_PROFILE_BATCH = 8
@@ -91,7 +93,9 @@ class Model(nnx.Module):
     ((1, 8, 32), (2, 2))
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, active_depth: int | jax.Array | None = None):
+        """`active_depth`: for a padded cfg (jaxnorm.padding), how many of its cfg.depth layers act (default
+        all); it may be traced, so one compiled initialisation serves every depth."""
         self.cfg = cfg
         D = cfg.d_model
         self.token_embed = nnx.Embed(cfg.vocab_size, D, embedding_init=jax.nn.initializers.normal(1.0), rngs=rngs)
@@ -102,10 +106,23 @@ class Model(nnx.Module):
             self.final_norm = make_norm(_norm_kind(cfg), D, cfg, rngs=rngs)
         self.head = nnx.Linear(D, cfg.vocab_size, kernel_init=jax.nn.initializers.xavier_uniform(),
                                bias_init=jax.nn.initializers.zeros, rngs=rngs)
-        apply_init_scheme(self, cfg, rngs.params())
+        depth = cfg.depth
+        if is_padded(cfg):
+            depth = jnp.asarray(cfg.depth if active_depth is None else active_depth, jnp.float32)
+            self._set_depth_data(depth)
+        apply_init_scheme(self, cfg, rngs.params(), depth)
         self.encoder.blocks.attn.refresh_sigma()  # σReparam's stored u, v must follow rescaled kernels
         if cfg.block == "admin":
-            self._set_admin_omega(rngs.params())
+            self._set_admin_omega(rngs.params(), depth)
+
+    def _set_depth_data(self, depth: jax.Array) -> None:
+        """A padded model's layer flags and depth constants, from its active depth (see Block)."""
+        blocks, cfg = self.encoder.blocks, self.cfg
+        blocks.layer_active[...] = jnp.arange(cfg.depth) < depth
+        if cfg.block == "deepnorm":
+            blocks.residual_scale[...] = jnp.full((cfg.depth,), deepnorm_constants(depth)[0])
+        if cfg.block == "depth_mup":
+            blocks.branch_scale[...] = jnp.full((cfg.depth,), depth ** -cfg.depth_mup_alpha)
 
     def embed(self, tokens_BxT: jax.Array) -> jax.Array:
         T = tokens_BxT.shape[1]
@@ -126,12 +143,12 @@ class Model(nnx.Module):
         x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD)
         return self.unembed(x_BxTxD, train=train), diags
 
-    def _set_admin_omega(self, key: jax.Array) -> None:
+    def _set_admin_omega(self, key: jax.Array, depth: int | jax.Array) -> None:
         """Admin's ω (Liu et al. 2020): closed form, or from one profiling forward pass with ω = 1."""
         cfg = self.cfg
         omega = self.encoder.blocks.admin_omega
         if cfg.admin_mode == "closed_form":
-            omega[...] = jnp.full_like(omega[...], admin_omega_closed_form(2 * cfg.depth))
+            omega[...] = jnp.full_like(omega[...], admin_omega_closed_form(2 * depth))
             return
         tokens = jax.random.randint(key, (ADMIN_PROFILE_BATCH, cfg.max_len), 0, cfg.vocab_size)
         rest_before = nnx.state(self, nnx.Not(nnx.Param))  # profiling must not move running statistics
@@ -144,9 +161,11 @@ class Model(nnx.Module):
 
 # --- functional core ---------------------------------------------------------------------------------
 
-def init(cfg: ModelConfig, key: jax.Array) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """(graphdef, params, rest) of a freshly initialised model. Works under `jax.vmap` over keys."""
-    return nnx.split(Model(cfg, rngs=nnx.Rngs(key)), nnx.Param, ...)
+def init(cfg: ModelConfig, key: jax.Array, active_depth: int | jax.Array | None = None
+         ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, params, rest) of a freshly initialised model. Works under `jax.vmap` over keys.
+    `active_depth`: see Model (padded configs only)."""
+    return nnx.split(Model(cfg, rngs=nnx.Rngs(key), active_depth=active_depth), nnx.Param, ...)
 
 
 def graphdef_of(cfg: ModelConfig) -> nnx.GraphDef:

@@ -226,10 +226,12 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
         L, N = xs_LxBxTxD.shape[0], cfg.hutchinson_samples
         # Every random vector from one draw (threefry is slow to compile on CPU): Gaussian power-iteration
         # starts (never orthogonal to the top singular vector, unlike a ±1 start can be), and Rademacher
-        # probes as the signs of Gaussians.
-        z = jax.random.normal(key, (L * (1 + N) + 1, *x0_BxTxD.shape), x0_BxTxD.dtype)
-        starts_LxBxTxD, e2e_start_BxTxD = z[:L], z[-1]
-        signs_LxNxBxTxD = jnp.sign(z[L:-1]).reshape(L, N, *x0_BxTxD.shape)
+        # probes as the signs of Gaussians. The end-to-end start comes first and each layer's vectors follow
+        # in layer order, so layer l's draws do not depend on L (a padded model's first layers get exactly
+        # an unpadded model's: jaxnorm.padding).
+        z = jax.random.normal(key, (1 + L * (1 + N), *x0_BxTxD.shape), x0_BxTxD.dtype)
+        e2e_start_BxTxD, per_layer = z[0], z[1:].reshape(L, 1 + N, *x0_BxTxD.shape)
+        starts_LxBxTxD, signs_LxNxBxTxD = per_layer[:, 0], jnp.sign(per_layer[:, 1:])
 
         def one_layer(state_l, x_BxTxD, v0_BxTxD, signs_NxBxTxD):
             jvp, vjp = _linearized(functools.partial(block_fn, state_l), x_BxTxD)

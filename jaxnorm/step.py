@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnorm import model as model_lib
-from jaxnorm import optim, probes
+from jaxnorm import optim, padding, probes
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 
 # Codes for the first non-finite quantity seen in a run (History.nonfinite_what).
@@ -61,7 +61,7 @@ def _global_norm(tree: Any) -> jax.Array:
 class StepFns(NamedTuple):
     """The per-seed pure functions of one configuration, built once and cached."""
 
-    init_state: Callable[[jax.Array, jax.Array], TrainState]  # (key, lr) -> state
+    init_state: Callable[..., TrainState]                     # (key, lr, active_depth=None) -> state
     train_step: Callable[..., tuple[TrainState, dict]]        # (state, batch, key, with_probes) -> (state, metrics)
     graphdef: Any
 
@@ -73,8 +73,8 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
     tx = optim.make_optimizer(optim_cfg, max(train_cfg.steps, 1))
     L, D = model_cfg.depth, model_cfg.d_model
 
-    def init_state(key: jax.Array, lr: jax.Array) -> TrainState:
-        _, params, rest = model_lib.init(model_cfg, key)
+    def init_state(key: jax.Array, lr: jax.Array, active_depth: jax.Array | None = None) -> TrainState:
+        _, params, rest = model_lib.init(model_cfg, key, active_depth)
         i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
         return TrainState(params, rest, optim.init_state(tx, params, lr), i32(0), jnp.asarray(True),
                           jnp.asarray(jnp.nan, jnp.float32), i32(-1), i32(-1), i32(0), i32(-1))
@@ -97,6 +97,7 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
 
         clipped, _ = clip.update(grads, clip.init(state.params), state.params)
         updates, new_opt_state = tx.update(clipped, state.opt_state, state.params)
+        updates = padding.mask_inactive(updates, padding.active_mask(state.rest))  # padded models only
         new_params = optax.apply_updates(state.params, updates)
 
         # One pass of squared norms per leaf gives the global norm, its finiteness and the first bad layer

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxnorm import model as model_lib
-from jaxnorm import probes, sharding
+from jaxnorm import padding, probes, sharding
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
 from jaxnorm.data import Dataset, make_dataset
 from jaxnorm.history import History, nonfinite_records, stack_dicts
@@ -58,8 +58,8 @@ def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, *args: Any
             programs[key] = make_measure(fns, batch_fn, options)
         elif kind == "eval":
             programs[key] = _make_eval(fns, batch_size, *args, compiler_options=options)
-        elif kind == "init":
-            programs[key] = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None)), compiler_options=options)
+        elif kind == "init":  # (keys, lr, active depth of a padded model or None)
+            programs[key] = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None, None)), compiler_options=options)
     return programs[key]
 
 
@@ -96,8 +96,13 @@ def _step_key_config(train_cfg: TrainConfig) -> TrainConfig:
 
 
 def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
-          probe_cfg: ProbeConfig | None = None, *, desc: str | None = None) -> History:
+          probe_cfg: ProbeConfig | None = None, *, desc: str | None = None, pad_to: int | None = None) -> History:
     """Train `train_cfg.seeds` models from seeds seed, seed+1, ... and return everything measured.
+
+    `pad_to`: run the model as a padded stack of that many layers, of which model_cfg.depth act
+    (jaxnorm.padding), so that cells of every depth up to `pad_to` share compiled programs; the History is
+    the unpadded run's (per-layer arrays cut to model_cfg.depth layers), up to float32 rounding. Worth it
+    when compiling dominates (steps = 0); the padded layers' compute is spent on every step.
 
     >>> from jaxnorm import ModelConfig, OptimConfig, TrainConfig, train
     >>> h = train(ModelConfig(depth=2, d_model=32, num_heads=2, d_ff=64), OptimConfig(lr=3e-3),
@@ -110,7 +115,10 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     model_cfg = resolve_model_config(model_cfg, data)
     S, B = train_cfg.seeds, train_cfg.batch_size
     seeds = [train_cfg.seed + s for s in range(S)]
-    fns = cached_step_fns(model_cfg, optim_cfg.replace(lr=1.0), _step_key_config(train_cfg), probe_cfg)
+    run_cfg, active = model_cfg, None
+    if pad_to is not None:  # also at pad_to == depth: that cell then shares the shallower cells' programs
+        run_cfg, active = padding.padded_config(model_cfg, pad_to), model_cfg.depth
+    fns = cached_step_fns(run_cfg, optim_cfg.replace(lr=1.0), _step_key_config(train_cfg), probe_cfg)
 
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, data_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
@@ -118,7 +126,8 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     sharding.check_batch_divisible(B, mesh)
     t0 = time.perf_counter()
     once = train_cfg.steps == 0  # the profile at initialisation: every program below runs exactly once
-    state = _program("init", fns, data, B, once=True)(init_keys, jnp.float32(optim_cfg.lr))
+    state = _program("init", fns, data, B, once=True)(init_keys, jnp.float32(optim_cfg.lr),
+                                                       None if active is None else jnp.int32(active))
     state, data_keys = sharding.replicate((state, data_keys), mesh)
     probe_tokens = data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
     eval_fn = _program("eval", fns, data, B, train_cfg.eval_batches, train_cfg.z_loss, once=once)
@@ -185,14 +194,18 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     else:  # steps == 0: the measurement pass's scalars stand for step 0
         metrics = {k: np.asarray(v)[None] for k, v in final_scalars.items()}
     host = jax.tree.map(np.asarray, state._asdict())
+    layers, jacobian = stack_dicts(layer_rows), stack_dicts(jac_rows)
+    if active is not None:
+        layers = padding.unpad_layers(layers, active)
+        jacobian = padding.unpad_layers(jacobian, active, padding.PER_LAYER_JACOBIAN)
     return History(
         seeds=seeds,
         steps=np.arange(metrics["loss"].shape[0]),
         metrics=metrics,
         layer_steps=np.asarray(layer_steps),
-        layers=stack_dicts(layer_rows),
+        layers=layers,
         jacobian_steps=np.asarray(jac_steps, dtype=int),
-        jacobian=stack_dicts(jac_rows),
+        jacobian=jacobian,
         eval_steps=np.asarray(eval_steps),
         eval_loss=np.stack([r[0] for r in eval_rows]),
         eval_accuracy=np.stack([r[1] for r in eval_rows]),

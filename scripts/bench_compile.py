@@ -11,8 +11,9 @@ forward + backward alone (`jit(grad(loss))`). Every measurement uses a fresh `ja
 compile. The table gives each time and its ratio to the smallest depth: with `lax.scan` over the layer axis
 the ratio at depth 128 / depth 4 should be ≈ 1 (an unrolled Python loop would grow ~linearly).
 
-A second table splits the cost of one `--preset init` cell (steps = 0, every program runs once, so compiling
-is nearly all of it) into its four programs: init, the probed measurement step, eval and the Jacobian probes.
+A second table splits what one block of `--preset init` compiles (steps = 0, every program runs once, so
+compiling is nearly all of it; the cells of every depth share these programs, padded to the largest depth)
+into its four programs: init, the probed measurement step, eval and the Jacobian probes.
 
 This module also holds the helpers that scripts/bench_probes.py and scripts/bench.py share (configs at the
 benchmark width, a ready-to-run `Setup`, the timer).
@@ -40,6 +41,7 @@ from jaxnorm import probes  # noqa: E402
 from jaxnorm import train as train_lib  # noqa: E402
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig  # noqa: E402
 from jaxnorm.data import make_dataset  # noqa: E402
+from jaxnorm.padding import padded_config  # noqa: E402
 from jaxnorm.step import StepFns, build_step_fns, cross_entropy, make_chunk  # noqa: E402
 from jaxnorm.sweep_spec import preset  # noqa: E402
 from jaxnorm.train import resolve_model_config  # noqa: E402
@@ -229,20 +231,20 @@ def compile_times(depths: list[int], *, tiny: bool = False, repeats: int = 1, bl
 
 
 def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = False) -> list[dict]:
-    """Cold lower and compile seconds of each program one cell of `--preset init` (steps = 0) compiles, built
-    the way `jaxnorm.train` builds them (its program cache and one-shot compiler options): where the ~8 s that
-    such a cell costs on a CPU go."""
+    """Cold lower and compile seconds of each program a block of `--preset init` (steps = 0) compiles, built
+    the way `jaxnorm.train` builds them (its program cache and one-shot compiler options, the stack padded to
+    `depth`, jaxnorm.padding): where the ~8 s that every depth of one block shares go on a CPU."""
     spec = preset("init")
     model_cfg, train_cfg, probe_cfg = spec.model.replace(depth=depth, block=block), spec.train, spec.probe
     if tiny:
         model_cfg = model_cfg.replace(d_model=16, num_heads=2, d_ff=32)
         train_cfg = train_cfg.replace(batch_size=4, seq_len=8)
     data = make_dataset(train_cfg)
-    model_cfg = resolve_model_config(model_cfg, data)
+    model_cfg = padded_config(resolve_model_config(model_cfg, data), depth)
     fns = build_step_fns(model_cfg, spec.optim.replace(lr=1.0), train_cfg.replace(seeds=1), probe_cfg)
     S, B = train_cfg.seeds, train_cfg.batch_size
     init_keys = jnp.stack([jax.random.key(s) for s in range(S)])
-    lr = jnp.float32(spec.optim.lr)
+    lr, active = jnp.float32(spec.optim.lr), jnp.int32(depth)
     options = tuple(sorted((train_lib.one_shot_options(True) or {}).items()))
 
     def fresh(kind: str, *args: Any) -> Callable[[], Any]:
@@ -254,10 +256,10 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
             return train_lib._program(kind, fns, data, B, *args, once=True)
         return make
 
-    state = jax.eval_shape(fresh("init")(), init_keys, lr)
+    state = jax.eval_shape(fresh("init")(), init_keys, lr, active)
     tokens = data.batch(jax.random.key(train_lib.PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
     programs = {
-        "init": (fresh("init"), (init_keys, lr)),
+        "init": (fresh("init"), (init_keys, lr, active)),
         "measure (probed step, no update)": (fresh("measure"), (state, init_keys, data)),
         "eval": (fresh("eval", train_cfg.eval_batches, train_cfg.z_loss),
                  (state.params, state.rest, jax.random.key(0), data)),
@@ -314,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# compile time vs depth ({args.block}; {describe_width(args.tiny)})")
     print(compile_table(compile_times(depths, tiny=args.tiny, repeats=args.repeats, block=args.block)))
     init_depth = 2 if args.tiny else 16
-    print(f"\n# programs of one `--preset init` cell ({args.block}, depth {init_depth}; cold, one-shot options)")
+    print(f"\n# programs of one `--preset init` block ({args.block}, padded to depth {init_depth}; cold, "
+          "one-shot options)")
     print(init_cell_table(init_cell_compile_times(init_depth, block=args.block, tiny=args.tiny)))
     return 0
 

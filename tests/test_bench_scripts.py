@@ -19,7 +19,7 @@ SCRIPTS = ROOT / "scripts"
 
 HEADERS = {
     "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |",
-                         "# programs of one `--preset init` cell", "| program | lower s |"],
+                         "# programs of one `--preset init` block", "| program | lower s |"],
     "bench_probes.py": ["# probe overhead", "| depth | probes | time ms |"],
     "profile_step.py": ["# where the time goes", "| op kind | 1 seed: ms/chunk |", "## One Jacobian probe call",
                         "## Optimised HLO"],
@@ -61,7 +61,7 @@ def test_init_cell_table_times_every_program(smoke_runs):
     """The init-cell table has one row per program a steps = 0 cell compiles, each a real (non-zero) compile."""
     rc, out, err = smoke_runs["bench_compile.py"]
     assert rc == 0, err[-2000:]
-    table = out.split("# programs of one `--preset init` cell")[1]
+    table = out.split("# programs of one `--preset init` block")[1]
     rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:5]]
             for line in table.splitlines() if line.startswith("| ") and not line.startswith("| program")}
     assert list(rows) == ["init", "measure (probed step, no update)", "eval", "jacobian probes", "**all**"]
