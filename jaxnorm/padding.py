@@ -7,8 +7,9 @@ many of them act, `active` (a traced int32): layer l ≥ active passes its input
 (x_{l+1} = x_l, so ∂x_{l+1}/∂x_l = I), its parameters get zero gradients and zero updates, and every
 depth-dependent constant (DeepNorm's α and β, depth-μP's L^-α, Sub-LN's γ, T-Fixup's and the depth-scaled
 init's factors, Admin's closed-form ω) is computed from `active`, not from the stack's length. Random draws
-are prefix-stable in the layer axis (threefry counters are element indices), so the first `active` layers
-get exactly the parameters and probe vectors of an unpadded model of that depth; per-layer results are
+are prefix-stable in the layer axis (with JAX's default `jax_threefry_partitionable`, a threefry counter is
+the element's index), so the first `active` layers get exactly the parameters and probe vectors of an
+unpadded model of that depth (tests/test_padding.py checks it for every block); per-layer results are
 sliced back to `active` layers (`unpad_layers`).
 
 The padded layers still run: a depth-2 cell padded to 64 computes 64 layers. At the sizes the init preset
