@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxnorm.step import NONFINITE_CODES
+# Codes for the first non-finite quantity seen in a run (TrainState.nonfinite_what, History.nonfinite).
+NONFINITE_CODES = {0: "none", 1: "loss", 2: "gradient", 3: "update"}
 
 
 @dataclasses.dataclass

@@ -22,9 +22,6 @@ from jaxnorm import model as model_lib
 from jaxnorm import optim, padding, probes
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 
-# Codes for the first non-finite quantity seen in a run (History.nonfinite_what).
-NONFINITE_CODES = {0: "none", 1: "loss", 2: "gradient", 3: "update"}
-
 
 class TrainState(NamedTuple):
     """Everything that changes during training, for one seed (vmapped: leading axis S on each leaf)."""
@@ -37,7 +34,7 @@ class TrainState(NamedTuple):
     init_loss: jax.Array      # float32, loss of the first step (divergence threshold base)
     diverged_step: jax.Array  # int32, step at which the run diverged, -1 if it did not
     nonfinite_step: jax.Array   # int32, first step with a non-finite loss/gradient/update, -1 if none
-    nonfinite_what: jax.Array   # int32, a NONFINITE_CODES key
+    nonfinite_what: jax.Array   # int32, a jaxnorm.history.NONFINITE_CODES key
     nonfinite_layer: jax.Array  # int32, first layer whose gradient was non-finite, -1 if none/not per layer
 
 

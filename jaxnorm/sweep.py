@@ -21,14 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import pandas as pd
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
-from jaxnorm import results, rundir
+from jaxnorm import rundir
 from jaxnorm.config import ConfigError
 from jaxnorm.sweep_spec import PRESETS, Cell, SweepSpec, check_data, expand, parse_clip, preset  # noqa: F401
-from jaxnorm.train import train
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# JAX, pandas and the training code are imported where they are used, so that `validate` (the command
+# line's checks of a spec) answers a bad flag in a fraction of a second instead of after loading JAX.
 
 __all__ = ["run", "run_cell", "SweepSpec", "Cell", "preset", "PRESETS", "expand", "parse_clip", "check_shard"]
 
@@ -40,6 +43,8 @@ def use_compilation_cache() -> str | None:
     identical programs recur: cells differing only in learning rate or clipping share their init, and
     reruns, resumed sweeps, shards and tests share everything. The cache lives in $JAXNORM_XLA_CACHE
     (default ~/.cache/jaxnorm/xla); set JAXNORM_XLA_CACHE="" to leave JAX's configuration alone."""
+    import jax
+
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
     path = os.environ.get("JAXNORM_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "jaxnorm", "xla"))
@@ -75,6 +80,8 @@ def run_cell(cell: Cell, path: Path, *, progress: bool, write: bool, pad_to: int
     `pad_to`: see `jaxnorm.train` (the same results, programs shared across depths)."""
     if write:
         rundir.write_config(path, cell)
+    from jaxnorm.train import train
+
     t0 = time.perf_counter()
     history = train(cell.model, cell.optim, cell.train.replace(progress=progress), cell.probe,
                     desc=cell.cell_id, pad_to=pad_to)
@@ -85,6 +92,8 @@ def run_cell(cell: Cell, path: Path, *, progress: bool, write: bool, pad_to: int
 
 def rebuild_results(out_dir: str | Path) -> pd.DataFrame:
     """results.csv from every summary.json present (any shard's), written atomically."""
+    from jaxnorm import results
+
     df = results.load(out_dir)
     rundir.atomic_write_bytes(Path(out_dir) / "results.csv", df.to_csv(index=False).encode())
     return df
@@ -130,6 +139,11 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
     KeyboardInterrupt stops after the cells that finished (results.csv is rebuilt first) and propagates;
     running the same call again resumes.
     """
+    import jax
+    from tqdm.auto import tqdm
+
+    from jaxnorm import results
+
     out_dir = Path(out_dir)
     cells = validate(spec, out_dir, shard)
     i, n = shard
