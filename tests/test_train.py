@@ -1,5 +1,6 @@
 """The training loop: it learns, seeds vmap exactly, divergence is recorded, reruns are identical."""
 
+import gc
 import os
 
 import jax
@@ -134,10 +135,16 @@ def test_compiled_programs_do_not_accumulate_over_cells():
     model = ModelConfig(depth=1, d_model=16, num_heads=2, d_ff=32)
     cfg = TrainConfig(task="copy", steps=0, seq_len=4, batch_size=4, progress=False)
     probe = ProbeConfig(power_iters=2, hutchinson_samples=1, probe_batch=1)
+    # Start from nothing compiled and nothing awaiting collection: executables that earlier tests in this
+    # process dropped are unmapped when the garbage collector runs, which would otherwise happen mid-count.
+    jax.clear_caches()
+    probes._jacobian_stats_program.cache_clear()
     train_lib._programs.clear()
+    gc.collect()
     counts = [_memory_maps()]
     for depth in range(1, 5):
         train_lib.train(model.replace(depth=depth), OptimConfig(), cfg, probe)
+        gc.collect()
         counts.append(_memory_maps())
     assert len(train_lib._programs) == probes.MAX_CACHED_CONFIGS
     one_cell = counts[1] - counts[0]
