@@ -135,9 +135,8 @@ def test_compiled_programs_do_not_accumulate_over_cells():
     model = ModelConfig(depth=1, d_model=16, num_heads=2, d_ff=32)
     cfg = TrainConfig(task="copy", steps=0, seq_len=4, batch_size=4, progress=False)
     probe = ProbeConfig(power_iters=2, hutchinson_samples=1, probe_batch=1)
-    # Start from nothing compiled and nothing awaiting collection: executables that earlier tests in this
-    # process dropped are unmapped when the garbage collector runs, which would otherwise happen mid-count.
-    jax.clear_caches()
+    # Start from nothing awaiting collection: executables that earlier tests in this process dropped are
+    # unmapped when the garbage collector runs, which would otherwise happen mid-count.
     probes._jacobian_stats_program.cache_clear()
     train_lib._programs.clear()
     gc.collect()
