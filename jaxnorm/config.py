@@ -31,6 +31,7 @@ CLIPS = ("none", "global_norm", "value", "agc")
 SCHEDULES = ("constant", "warmup_constant", "warmup_cosine", "inverse_sqrt")
 
 TASKS = ("lm", "reverse", "sort", "copy")
+SPECTRAL_METHODS = ("lanczos", "power")
 
 # Norms that mix positions along the sequence: with a causal mask they would leak the future into
 # position t through the normalisation statistics, so that combination is refused.
@@ -232,7 +233,8 @@ class ProbeConfig:
     spectrum: bool = False         # singular values of the end-to-end Jacobian (dense; tiny models only)
     probe_every: int = 50          # Jacobian/amplification probes run every probe_every steps (and at step 0)
     probe_batch: int = 4           # sequences in the fixed probe batch
-    power_iters: int = 20          # power-iteration steps for spectral norms
+    spectral_method: str = "lanczos"  # how spectral norms are read from the products JᵀJv (jaxnorm.probes)
+    power_iters: int = 10          # products JᵀJv per spectral norm: Lanczos or power-iteration steps
     hutchinson_samples: int = 8    # Rademacher samples for the Frobenius estimate
 
     def __post_init__(self) -> None:
@@ -241,6 +243,7 @@ class ProbeConfig:
             check_bool(o, f, getattr(self, f))
         check_int(o, "probe_every", self.probe_every, 1)
         check_int(o, "probe_batch", self.probe_batch, 1)
+        check_choice(o, "spectral_method", self.spectral_method, SPECTRAL_METHODS)
         check_int(o, "power_iters", self.power_iters, 1)
         check_int(o, "hutchinson_samples", self.hutchinson_samples, 1)
 

@@ -21,6 +21,7 @@ HEADERS = {
     "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |",
                          "# programs of one `--preset init` block", "| program | lower s |"],
     "bench_probes.py": ["# probe overhead", "| depth | probes | time ms |"],
+    "spectral_accuracy.py": ["# spectral-norm estimators vs dense Jacobians", "| depth | trained steps | method |"],
     "profile_step.py": ["# where the time goes", "| op kind | 1 seed: ms/chunk |", "## One Jacobian probe call",
                         "## Optimised HLO"],
     "torch_reference.py": ['"results"'],
@@ -43,13 +44,13 @@ def profile_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smoke_runs(profile_dir) -> dict[str, tuple[int, str, str]]:
     """The JAX scripts' smoke runs start together; the results are read once for the module."""
-    procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py")}
+    procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py", "spectral_accuracy.py")}
     procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
                                       "--out", str(profile_dir / "profile.md"))
     return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
 
 
-@pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py"])
+@pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py", "spectral_accuracy.py"])
 def test_jax_bench_script_smoke(smoke_runs, script):
     rc, out, err = smoke_runs[script]
     assert rc == 0, err[-2000:]
@@ -68,6 +69,19 @@ def test_init_cell_table_times_every_program(smoke_runs):
     for lower_s, compile_s, total_s in rows.values():
         assert lower_s > 0 and compile_s > 0 and abs(lower_s + compile_s - total_s) < 0.02
     assert abs(sum(r[2] for name, r in rows.items() if name != "**all**") - rows["**all**"][2]) < 0.05
+
+
+def test_spectral_accuracy_rows_are_measured(smoke_runs):
+    """Each estimator's errors come from a dense SVD: both approach σ₁ from below (errors ≥ −rounding) and,
+    at the same number of products JᵀJv, Lanczos is at least as close as power iteration."""
+    rc, out, err = smoke_runs["spectral_accuracy.py"]
+    assert rc == 0, err[-2000:]
+    rows = {line.split("|")[3].strip(): [float(v) for v in line.split("|")[5:8]]
+            for line in out.splitlines() if re.match(r"\| \d", line)}
+    assert set(rows) == {"power", "lanczos"}
+    assert all(e > -1e-5 for errs in rows.values() for e in errs)
+    assert all(lz <= pw + 1e-6 for lz, pw in zip(rows["lanczos"], rows["power"]))
+    assert rows["power"][0] > 1e-4  # the tiny model is not trivially converged: the check above can fail
 
 
 def test_profile_finds_the_kernels_it_reports(smoke_runs, profile_dir):

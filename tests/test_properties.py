@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from jaxnorm import model as model_lib
 from jaxnorm.config import (
     ACTIVATIONS, ADMIN_MODES, ATTENTIONS, BLOCKS, DTYPES, INITS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, POSITIONS,
-    SCHEDULES, CLIPS, SEQUENCE_MIXING_NORMS, TASKS, ModelConfig, OptimConfig, ProbeConfig, TrainConfig,
+    SCHEDULES, CLIPS, SEQUENCE_MIXING_NORMS, SPECTRAL_METHODS, TASKS, ModelConfig, OptimConfig, ProbeConfig,
+    TrainConfig,
 )
 
 VOCAB, T = 7, 6
@@ -102,7 +103,7 @@ FIELDS = {
     ProbeConfig: {**{f: _bad_bool() for f in ("grads", "activations", "attention", "jacobian", "alignment",
                                               "amplification", "spectrum")},
                   "probe_every": _bad_int(1), "probe_batch": _bad_int(1), "power_iters": _bad_int(1),
-                  "hutchinson_samples": _bad_int(1)},
+                  "hutchinson_samples": _bad_int(1), "spectral_method": _not_in(SPECTRAL_METHODS)},
 }
 CASES = [(cls, field, strategy) for cls, fields in FIELDS.items() for field, strategy in fields.items()]
 
