@@ -4,7 +4,6 @@ The kernel is this interpreter (`sys.executable`, so the venv with jaxnorm insta
 test session's XLA settings from conftest.py; tiny mode also skips the Colab install cell (no network).
 """
 
-import os
 import sys
 from pathlib import Path
 

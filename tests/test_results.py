@@ -8,7 +8,7 @@ import pytest
 
 from jaxnorm import results, rundir
 from jaxnorm.history import History
-from jaxnorm.sweep import expand, preset, run
+from jaxnorm.sweep import expand, run
 from tiny_sweep import tiny_spec
 
 
