@@ -185,9 +185,10 @@ def lanczos_spectral_norm(jvp: Callable, vjp: Callable, v0: jax.Array, steps: in
     The same `steps` products JᵀJv as `steps` steps of power iteration, on the same space: power iteration
     keeps only the last vector of it, Lanczos the best one in it, so its estimate is never lower than power
     iteration's after steps − 1 steps (in exact arithmetic) and its error shrinks like the Chebyshev rate
-    exp(−4·steps·√gap) instead of (1 − gap)^(2·steps), gap = 1 − σ₂²/σ₁². Measured on the quick preset's
-    model, 10 Lanczos steps are closer to ‖J‖₂ than 20 power-iteration steps (`tests/test_probes.py`). Still
-    a lower bound up to rounding. Without reorthogonalisation (three vectors of memory, whatever `steps`):
+    exp(−4·steps·√gap) instead of (1 − gap)^(2·steps), gap = 1 − σ₂²/σ₁². On the quick preset's model, 10
+    Lanczos steps are closer to ‖J‖₂ than 20 power-iteration steps (`scripts/spectral_accuracy.py` measures
+    both against dense Jacobians; `tests/test_probes.py` checks the bounds). Still a lower bound up to
+    rounding. Without reorthogonalisation (three vectors of memory, whatever `steps`):
     lost orthogonality only repeats converged Ritz values, it does not move the largest one. A breakdown
     (an invariant subspace, e.g. J a multiple of an orthogonal matrix) zeroes the rest of the recurrence."""
     f32 = jnp.float32
@@ -251,8 +252,9 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
     """Jacobian probes of one seed at the eval-mode residual stream of the probe batch.
 
     jacobian: `jac_spectral` [L] ‖∂x_{l+1}/∂x_l‖₂ (cfg.power_iters steps of cfg.spectral_method, Lanczos
-              or power iteration, from a random start); `jac_frobenius` [L] ‖∂x_{l+1}/∂x_l‖_F/√dim (Hutchinson, cfg.hutchinson_samples
-              Rademacher probes); `jac_end_to_end` [] ‖∂x_L/∂x_0‖₂ (power iteration through the stack).
+              or power iteration, from a random start); `jac_frobenius` [L] ‖∂x_{l+1}/∂x_l‖_F/√dim
+              (Hutchinson, cfg.hutchinson_samples Rademacher probes); `jac_end_to_end` [] ‖∂x_L/∂x_0‖₂
+              (the same spectral method through the stack).
               dim = B·T·D: the Jacobian couples all positions (attention) and the whole probe batch.
               σ > 1 per layer compounds into explosion, σ < 1 into vanishing.
     spectrum: `jac_singular_values` [B·T·D] all singular values of ∂x_L/∂x_0, descending (dense; tiny

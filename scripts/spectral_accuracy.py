@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compile import bench_configs, make_setup, median_time, NO_PROBES, smoke_mode  # noqa: E402
+from bench_compile import (  # noqa: E402
+    NO_PROBES, bench_configs, describe_width, make_setup, median_time, smoke_mode,
+)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -105,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         smoke_mode()
     depth, steps = (2, 0) if args.tiny else (args.depth, args.train_steps)
-    model_cfg, _, train_cfg = bench_configs(depth, tiny=args.tiny)
-    print(f"# spectral-norm estimators vs dense Jacobians ({args.block}; D={model_cfg.d_model}, "
-          f"T={train_cfg.seq_len}, probe batch {ProbeConfig().probe_batch}; {jax.devices()[0].device_kind})")
+    print(f"# spectral-norm estimators vs dense Jacobians ({args.block}, depth {depth}; {describe_width(args.tiny)}; "
+          f"probe batch {ProbeConfig().probe_batch})")
     estimators = ESTIMATORS[::2] if args.tiny else ESTIMATORS  # a smoke run: each method once
     print(accuracy_table(accuracy_rows(depth, train_steps=steps, tiny=args.tiny, repeats=2 if args.tiny else 5,
                                        block=args.block, estimators=estimators)))
