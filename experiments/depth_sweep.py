@@ -150,7 +150,32 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", help="run directory (default runs/<preset>); rerun the same command to resume")
     a("--shard", default="0/1", help="i/n: run cells i, i+n, i+2n, ... so n machines share one --out")
     a("--no-progress", action="store_true", help="no progress bars")
+    a("--cpu-devices", default="auto",
+      help="split the CPU into N JAX devices so that a cell's seeds run side by side (no effect on GPU/TPU); "
+           "auto = the largest divisor of --seeds up to the core count (default auto; 1 = one device)")
     return p
+
+
+def use_cpu_devices(text: str, seeds: int) -> None:
+    """Apply --cpu-devices before JAX starts. When JAX has already started in this process (main called from
+    Python), `auto` keeps its devices and an explicit count must match them."""
+    import jax
+
+    from jaxnorm import sharding
+
+    try:
+        n = sharding.auto_cpu_devices(seeds) if text == "auto" else int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise _flag_error("--cpu-devices", text, "auto or an integer >= 1")
+    try:
+        sharding.set_cpu_devices(n)
+    except RuntimeError:
+        have = len(jax.devices("cpu"))
+        if text != "auto" and n != have:
+            raise _flag_error("--cpu-devices", text, f"{have} (JAX has already started with {have} CPU "
+                              "devices in this process)") from None
 
 
 def build_spec(args: argparse.Namespace):
@@ -214,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = build_spec(args)
         shard = parse_shard(args.shard)
+        use_cpu_devices(args.cpu_devices, spec.seeds)
         from jaxnorm import sweep
         sweep.validate(spec, out, shard)
     except ValueError as e:  # ConfigError, DataError: one line, nothing written

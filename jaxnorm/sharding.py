@@ -1,13 +1,22 @@
-"""Data parallelism over local devices: a 1-D mesh ('data',), batch sharded, everything else replicated.
+"""Parallelism over local devices: a 2-D mesh ('seeds', 'data'); seeds split first, then the batch.
 
-With one device every function here is the identity, so the same code runs on a laptop CPU, one GPU,
-or a TPU slice. Batches are generated inside the compiled step, so sharding is a constraint on the
-generated batch rather than a host-side split: XLA (GSPMD) partitions the step and inserts the gradient
-all-reduce.
+A cell's S seeds are independent models, so splitting them over devices needs no communication at all:
+the seeds axis takes gcd(S, devices) devices and the batch is split over the rest (data parallelism, with
+a gradient all-reduce that XLA inserts). With one device every function here is the identity, so the same
+code runs on a laptop CPU, one GPU or a TPU slice. Batches are generated inside the compiled step, so
+sharding is a constraint on the generated batch (inside `vmap(..., spmd_axis_name=SEED_AXIS)`) rather than
+a host-side split.
+
+On a CPU, JAX's one device runs a tiny model's many small operations mostly one after another; split into
+several devices (`set_cpu_devices`, before JAX starts), seeds run side by side on the cores
+(`scripts/bench.py`'s seeds section measures it). Only the seeds should be split there: splitting one
+model's batch over CPU devices of the same cores adds the all-reduce and gains nothing.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import jax
@@ -16,30 +25,67 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxnorm.config import ConfigError
 
-DATA_AXIS = "data"
+SEED_AXIS, DATA_AXIS = "seeds", "data"
 
 
-def data_mesh() -> Mesh | None:
-    """A mesh over every device, or None when there is only one."""
+def train_mesh(seeds: int) -> Mesh | None:
+    """A (gcd(seeds, n), n / gcd) mesh ('seeds', 'data') over the n local devices, or None when n is 1."""
     devices = jax.devices()
-    return None if len(devices) == 1 else Mesh(np.asarray(devices), (DATA_AXIS,))
+    if len(devices) == 1:
+        return None
+    s = math.gcd(seeds, len(devices))
+    return Mesh(np.asarray(devices).reshape(s, len(devices) // s), (SEED_AXIS, DATA_AXIS))
+
+
+def seed_axis_name(mesh: Mesh | None) -> str | None:
+    """The `spmd_axis_name` of the vmap over seeds (None without a mesh)."""
+    return None if mesh is None else SEED_AXIS
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh | None) -> None:
-    if mesh is not None and batch_size % mesh.size:
+    n = 1 if mesh is None else mesh.shape[DATA_AXIS]
+    if batch_size % n:
         raise ConfigError(f"TrainConfig.batch_size: invalid value {batch_size}; allowed: a multiple of the "
-                          f"{mesh.size} devices the batch is sharded over")
+                          f"{n} devices the batch is sharded over")
 
 
 def shard_batch(batch: Any, mesh: Mesh | None) -> Any:
-    """Constrain a [B, ...] batch (inside jit) to be split along B over the mesh's data axis."""
+    """Constrain one seed's [B, ...] batch (inside jit and the vmap over seeds) to be split along B over the
+    mesh's data axis; the vmap adds the seeds axis."""
     if mesh is None:
         return batch
     return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, P(DATA_AXIS)))
 
 
-def replicate(tree: Any, mesh: Mesh | None) -> Any:
-    """Place every leaf on all devices (parameters, optimizer state, keys)."""
+def shard_seeds(tree: Any, mesh: Mesh | None) -> Any:
+    """Place every [S, ...] leaf split along S over the seeds axis (replicated over the data axis)."""
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return jax.device_put(tree, NamedSharding(mesh, P(SEED_AXIS)))
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container's limit, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_cpu_devices(seeds: int, cores: int | None = None) -> int:
+    """The CPU device count that splits `seeds` evenly over at most `cores` devices: the largest divisor of
+    `seeds` not above the core count (so the batch itself is never split over CPU devices)."""
+    cores = usable_cores() if cores is None else cores
+    return max(d for d in range(1, min(seeds, max(cores, 1)) + 1) if seeds % d == 0)
+
+
+def set_cpu_devices(n: int) -> None:
+    """Expose the host CPU to JAX as `n` devices (`jax_num_cpu_devices`). Only possible before JAX has run
+    anything in this process; accelerators are unaffected (they stay the default backend)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"cpu_devices: invalid value {n!r}; allowed: an integer >= 1")
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError as e:
+        raise RuntimeError(f"cpu_devices: JAX has already started in this process ({e}); call "
+                           "jaxnorm.sharding.set_cpu_devices before anything runs on a device") from None

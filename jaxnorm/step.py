@@ -147,11 +147,13 @@ def cached_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: T
     return build_step_fns(model_cfg, optim_cfg, train_cfg, probe_cfg)
 
 
-def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool) -> Callable:
+def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool,
+               seed_axis: str | None = None) -> Callable:
     """jit(vmap over seeds): one (probed) step then n_steps − 1 bare steps; returns per-step scalars [S, n].
 
     Called as chunk(state, data_keys, data): `data` (a Dataset pytree) is an argument rather than a closed-over
-    constant, and `batch_fn(data, key)` draws a batch from it."""
+    constant, and `batch_fn(data, key)` draws a batch from it. `seed_axis`: the mesh axis the seeds are split
+    over (`jaxnorm.sharding.seed_axis_name`), so that sharding constraints inside keep them split."""
 
     def one_seed(state: TrainState, data_key: jax.Array, data: Any):
         batch_fn_ = functools.partial(batch_fn, data)
@@ -169,10 +171,11 @@ def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool
         scalars = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest_metrics)
         return state, scalars, layers
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)), donate_argnums=0)
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis), donate_argnums=0)
 
 
-def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None = None) -> Callable:
+def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None = None,
+                 seed_axis: str | None = None) -> Callable:
     """jit(vmap): per-layer probes of the current parameters without changing them; (state, keys, data)."""
 
     def one_seed(state: TrainState, data_key: jax.Array, data: Any):
@@ -180,4 +183,5 @@ def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None
         _, metrics = fns.train_step(state, batch_fn(data, key), key, True, apply_update=False)
         return metrics.pop("layers"), metrics
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None)), compiler_options=compiler_options)
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis),
+                   compiler_options=compiler_options)

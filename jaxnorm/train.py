@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxnorm import model as model_lib
@@ -43,19 +44,19 @@ def resolve_model_config(model_cfg: ModelConfig, data: Dataset) -> ModelConfig:
     return model_cfg.replace(vocab_size=data.vocab_size, max_len=data.seq_len, causal=data.causal)
 
 
-def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, *args: Any, once: bool = False) -> Callable:
+def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, mesh: Mesh | None, *args: Any,
+             once: bool = False) -> Callable:
     """Compiled programs are cached by everything that shapes them, so a sweep compiles each shape once.
-    `once`: the program runs once per cell (see `one_shot_options`)."""
-    mesh = sharding.data_mesh()
+    `mesh`: the cell's `sharding.train_mesh`. `once`: the program runs once per cell (see `one_shot_options`)."""
     key = (kind, jax.tree.structure(data), batch_size, mesh, once, *args)
     programs = _programs_of(fns)
     if key not in programs:
         batch_fn = lambda d, k: sharding.shard_batch(d.batch(k, batch_size), mesh)  # noqa: E731
-        options = one_shot_options(once)
+        options, axis = one_shot_options(once), sharding.seed_axis_name(mesh)
         if kind == "chunk":
-            programs[key] = make_chunk(fns, batch_fn, *args)
+            programs[key] = make_chunk(fns, batch_fn, *args, seed_axis=axis)
         elif kind == "measure":
-            programs[key] = make_measure(fns, batch_fn, options)
+            programs[key] = make_measure(fns, batch_fn, options, seed_axis=axis)
         elif kind == "eval":
             programs[key] = _make_eval(fns, batch_size, *args, compiler_options=options)
         elif kind == "init":  # (keys, lr, active depth of a padded model or None)
@@ -122,15 +123,15 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
 
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, data_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
-    mesh = sharding.data_mesh()
+    mesh = sharding.train_mesh(S)
     sharding.check_batch_divisible(B, mesh)
     t0 = time.perf_counter()
     once = train_cfg.steps == 0  # the profile at initialisation: every program below runs exactly once
-    state = _program("init", fns, data, B, once=True)(init_keys, jnp.float32(optim_cfg.lr),
+    state = _program("init", fns, data, B, mesh, once=True)(init_keys, jnp.float32(optim_cfg.lr),
                                                        None if active is None else jnp.int32(active))
-    state, data_keys = sharding.replicate((state, data_keys), mesh)
+    state, data_keys = sharding.shard_seeds((state, data_keys), mesh)
     probe_tokens = data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
-    eval_fn = _program("eval", fns, data, B, train_cfg.eval_batches, train_cfg.z_loss, once=once)
+    eval_fn = _program("eval", fns, data, B, mesh, train_cfg.eval_batches, train_cfg.z_loss, once=once)
     eval_key = jax.random.key(train_cfg.seed + 7919)
 
     step_metrics: list[dict[str, np.ndarray]] = []
@@ -158,7 +159,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
         n = min(train_cfg.log_every, train_cfg.steps - done)
         if done == 0 or done // probe_cfg.probe_every != (done - n) // probe_cfg.probe_every:
             run_jacobian(done)
-        chunk = _program("chunk", fns, data, B, n, probe_cfg_any(probe_cfg))
+        chunk = _program("chunk", fns, data, B, mesh, n, probe_cfg_any(probe_cfg))
         state, scalars, layers = chunk(state, data_keys, data)
         if compile_s is None:
             jax.block_until_ready(scalars)
@@ -182,7 +183,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
         compile_s = time.perf_counter() - t0
 
     # The end-of-training profile: probes of the final parameters (no update), eval, Jacobians.
-    final_layers, final_scalars = _program("measure", fns, data, B, once=once)(state, data_keys, data)
+    final_layers, final_scalars = _program("measure", fns, data, B, mesh, once=once)(state, data_keys, data)
     layer_rows.append(jax.tree.map(np.asarray, final_layers))
     layer_steps.append(done)
     run_eval(done)

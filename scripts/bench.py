@@ -19,7 +19,8 @@ of repeats). Sections:
   GPU/TPU also at d_model 1024 (`large_configs`) with float32 and with bfloat16 matmuls, each against the
   peak of its own dtype.
 - compile time (`compile`) at depths 4, 16, 64, 128 (bench_compile.compile_times) and its ratio to depth 4.
-- seeds (`seeds`): S vmapped seeds in one program vs S sequential runs of the one-seed program (throughput).
+- seeds (`seeds`): S vmapped seeds in one program, on one device and split over the local devices (on a CPU,
+  `--cpu-devices` of them), vs S sequential runs of the one-seed program (throughput).
 - probe overhead (`probes`, bench_probes.probe_overheads) at depths 8 and 32.
 
 The results file is rewritten after every section, so a run that is cut short keeps the tables it finished.
@@ -36,6 +37,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compile import (  # noqa: E402
@@ -47,7 +49,9 @@ from bench_probes import TABLE_NOTE, probe_overheads, probe_table  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jaxnorm import sharding  # noqa: E402
 from jaxnorm.data import make_dataset  # noqa: E402
+from jaxnorm.step import make_chunk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADS_ONLY = NO_PROBES.replace(grads=True)  # the benchmarked step records per-layer gradient norms
@@ -124,15 +128,22 @@ def large_bf16_configs(depth: int, *, block: str = "pre_ln", tiny: bool = False)
 
 
 def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int,
-                configs=bench_configs) -> list[dict]:
+                configs=bench_configs, side_by_side: bool = True) -> list[dict]:
+    """Per block and depth: seconds per train step and FLOP counts. side_by_side=False measures one depth at a
+    time and frees it before the next (an accelerator-sized model's activations need most of a GPU's memory;
+    two of them at once ran out of memory on an 80 GB H100)."""
     rows = []
     for block in blocks:
-        runners, cfgs = {}, {}
+        runners, cfgs, times = {}, {}, {}
         for depth in depths:
             m, o, t = configs(depth, block=block, tiny=tiny)
-            runners[depth] = cached_setup(m, o, t, GRADS_ONLY).runner(t.log_every, True)
             cfgs[depth] = t
-        times = interleaved_medians(runners, repeats=repeats)
+            if side_by_side:
+                runners[depth] = cached_setup(m, o, t, GRADS_ONLY).runner(t.log_every, True)
+            else:
+                times[depth] = median_time(make_setup(m, o, t, GRADS_ONLY).runner(t.log_every, True),
+                                           repeats=repeats)
+        times.update(interleaved_medians(runners, repeats=repeats) if runners else {})
         for depth in depths:
             m, _, t = configs(depth, block=block, tiny=tiny)
             rows.append({"block": block, "depth": depth, "step_s": times[depth] / cfgs[depth].log_every,
@@ -140,17 +151,47 @@ def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int,
     return rows
 
 
+def split_seeds_runner(setup, n_steps: int) -> Callable[[], Any] | None:
+    """Like setup.runner, but with the seeds split over the local devices as `jaxnorm.train` splits them
+    (`sharding.train_mesh`); None unless that puts more than one seed-group on devices and no batch split."""
+    S = setup.data_keys.shape[0]
+    mesh = sharding.train_mesh(S)
+    if mesh is None or mesh.shape[sharding.SEED_AXIS] == 1 or mesh.shape[sharding.DATA_AXIS] != 1:
+        return None
+    batch_fn = lambda d, k: sharding.shard_batch(setup.batch_fn(d, k), mesh)  # noqa: E731
+    chunk = make_chunk(setup.fns, batch_fn, n_steps, True, seed_axis=sharding.seed_axis_name(mesh))
+    box = [sharding.shard_seeds(jax.tree.map(jnp.copy, setup.state), mesh)]
+    keys = sharding.shard_seeds(setup.data_keys, mesh)
+
+    def run():
+        box[0], scalars, layers = chunk(box[0], keys, setup.data)
+        return box[0], scalars, layers
+
+    return run
+
+
 def seed_scaling(depth: int, seeds: list[int], tiny: bool, repeats: int) -> list[dict]:
+    """Per S: the S-seed program on one device, the same with its seeds split over the local devices (when
+    they divide S: several CPU devices, `--cpu-devices`), and S sequential calls of the one-seed program."""
     m, o, t = bench_configs(depth, tiny=tiny)
     n = t.log_every
     one = cached_setup(m, o, t, GRADS_ONLY, seeds=1).runner(n, True)
     runners = {}
     for S in seeds:
-        runners[f"vmap{S}"] = cached_setup(m, o, t, GRADS_ONLY, seeds=S).runner(n, True)
+        setup = cached_setup(m, o, t, GRADS_ONLY, seeds=S)
+        runners[f"vmap{S}"] = setup.runner(n, True)
+        if (split := split_seeds_runner(setup, n)) is not None:
+            runners[f"split{S}"] = split
         runners[f"seq{S}"] = (lambda S=S: [one() for _ in range(S)][-1])  # earlier outputs' state is donated
     times = interleaved_medians(runners, repeats=repeats)
-    return [{"seeds": S, "depth": depth, "vmap_s": times[f"vmap{S}"], "seq_s": times[f"seq{S}"],
-             "speedup": times[f"seq{S}"] / times[f"vmap{S}"]} for S in seeds]
+    rows = []
+    for S in seeds:
+        split_s = times.get(f"split{S}")
+        rows.append({"seeds": S, "depth": depth, "vmap_s": times[f"vmap{S}"], "seq_s": times[f"seq{S}"],
+                     "speedup": times[f"seq{S}"] / times[f"vmap{S}"], "split_s": split_s,
+                     "split_devices": sharding.train_mesh(S).shape[sharding.SEED_AXIS] if split_s else None,
+                     "split_speedup": times[f"seq{S}"] / split_s if split_s else None})
+    return rows
 
 
 def torch_interpreter(arg: str | None) -> str | None:
@@ -228,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="interpreter with torch for torch_reference.py (default: this one if it has torch)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="JAX CPU devices for the seeds section's split runs (default: the largest divisor of "
+                             "8 up to the core count; no effect on a GPU/TPU)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run, in this order (allowed: {', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
@@ -238,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny = args.tiny
     if tiny:
         smoke_mode()
+    sharding.set_cpu_devices(args.cpu_devices or sharding.auto_cpu_devices(2 if tiny else 8))
     repeats = 2 if tiny else args.repeats
     depths = [2] if tiny else [4, 16, 64]
     blocks = ["pre_ln", "post_ln"]
@@ -306,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                "| GFLOP/s | fraction of matmul peak (MFU) |", "|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for dtype, dpeak, configs in size_rows:
             wm, _, wt = configs(1, tiny=tiny)
-            for r in train_steps([2] if tiny else [4, 16], ["pre_ln"], tiny, repeats, configs=configs):
+            for r in train_steps([2] if tiny else [4, 16], ["pre_ln"], tiny, repeats, configs=configs,
+                                 side_by_side=configs is wide_configs):
                 sec.append(f"| {wm.d_model} | {wm.num_heads} | {wm.d_ff} | {wt.seq_len} | {wt.batch_size} | {dtype} "
                            f"| {r['depth']} | {1e3 * r['step_s']:.2f} | {flops_cells(r, dpeak)} |")
         emit(sec)
@@ -319,11 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     if "seeds" in sections:
         seed_depth, seeds = (2, [1, 2]) if tiny else (16, [1, 4, 8])
         seed_rows = seed_scaling(seed_depth, seeds, tiny, repeats)
+        ms = lambda x: "—" if x is None else f"{1e3 * x:.1f}"  # noqa: E731
+        ratio = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+        n_dev = jax.device_count()
         sec = ["", f"## Seeds: S vmapped vs S sequential runs (pre_ln, depth {seed_depth}, chunk of {t.log_every})",
-               "", "| S | vmapped ms/chunk | sequential ms/chunk | throughput ratio (seq / vmap) |",
-               "|---:|---:|---:|---:|"]
-        sec += [f"| {r['seeds']} | {1e3 * r['vmap_s']:.1f} | {1e3 * r['seq_s']:.1f} | {r['speedup']:.2f} |"
-                for r in seed_rows]
+               "", f"One device: the S-seed program on device 0. Split: the same program with its seeds split over "
+               f"the {n_dev} local device(s) as `jaxnorm.train` runs it (`jaxnorm/sharding.py`; on a CPU "
+               f"`--cpu-devices`, default the largest divisor of 8 up to the core count). Sequential: S calls of "
+               f"the one-seed program on device 0.", "",
+               "| S | vmapped, one device ms/chunk | vmapped, seeds split ms/chunk | split over devices "
+               "| sequential ms/chunk | throughput ratio seq / one device | throughput ratio seq / split |",
+               "|---:|---:|---:|---:|---:|---:|---:|"]
+        sec += [f"| {r['seeds']} | {ms(r['vmap_s'])} | {ms(r['split_s'])} | {r['split_devices'] or '—'} "
+                f"| {ms(r['seq_s'])} | {ratio(r['speedup'])} | {ratio(r['split_speedup'])} |" for r in seed_rows]
         emit(sec)
 
     if "probes" in sections:

@@ -18,3 +18,6 @@ import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAXNORM_XLA_CACHE"] or None)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Start JAX's backend now, with one CPU device: an in-process `depth_sweep.main` then keeps it
+# (`--cpu-devices auto` would otherwise split this worker's CPU for every later test).
+jax.devices()

@@ -70,6 +70,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("inf lr", ["--lrs", "inf"], "--lrs"),
         ("word lr", ["--lrs", "fast"], "--lrs"),
         ("zero seeds", ["--seeds", "0"], "--seeds"),
+        ("zero cpu devices", ["--cpu-devices", "0"], "--cpu-devices"),
+        ("word cpu devices", ["--cpu-devices", "many"], "--cpu-devices"),
         ("negative steps", ["--steps", "-1"], "--steps"),
         ("zero batch", ["--batch-size", "0"], "--batch-size"),
         ("odd seq_len for reverse", ["--seq-len", "7"], "seq_len"),

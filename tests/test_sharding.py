@@ -1,4 +1,5 @@
-"""Data parallelism: with 8 (simulated) devices the batch is sharded and results equal one device's."""
+"""Parallelism over local devices: with 8 (simulated) devices the seeds and the batch are split, with 2 the
+seeds alone, and results equal one device's."""
 
 import json
 import os
@@ -7,36 +8,68 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
+
+from jaxnorm import sharding
+from jaxnorm.config import ConfigError
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
     from jaxnorm import sharding
+    cpu_devices = int(sys.argv[1])
+    if cpu_devices:
+        sharding.set_cpu_devices(cpu_devices)
+    from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
     from jaxnorm.train import train
-    mesh = sharding.data_mesh()
+    mesh = sharding.train_mesh(2)
     h = train(ModelConfig(depth=2, d_model=16, num_heads=2, d_ff=32), OptimConfig(lr=3e-3),
               TrainConfig(task="copy", steps=12, batch_size=16, seq_len=8, seeds=2, log_every=4,
                           eval_every=6, progress=False),
               ProbeConfig(power_iters=5, hutchinson_samples=2, probe_every=6))
-    print(json.dumps({"devices": jax.device_count(), "mesh": None if mesh is None else mesh.size,
+    print(json.dumps({"devices": jax.device_count(), "mesh": None if mesh is None else dict(mesh.shape),
                       "loss": h.metrics["loss"].tolist(), "grad": h.layers["grad_norm/all"].tolist(),
-                      "eval": h.eval_loss.tolist()}))
+                      "jac": h.jacobian["jac_spectral"].tolist(), "eval": h.eval_loss.tolist()}))
 """)
 
 
-def run_with_devices(n):
-    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
-    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+def run_with_devices(n, *, via_flag=True):
+    """The script in a fresh process with n CPU devices, set by XLA_FLAGS or by sharding.set_cpu_devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if via_flag:
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "0" if via_flag else str(n)], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_eight_devices_match_one():
-    one, eight = run_with_devices(1), run_with_devices(8)
+def assert_same_results(a, b):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a["grad"], b["grad"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(a["jac"], b["jac"], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(a["eval"], b["eval"], rtol=1e-4, atol=1e-5)
+
+
+def test_split_seeds_and_batch_match_one_device():
+    one, eight, two = run_with_devices(1), run_with_devices(8), run_with_devices(2, via_flag=False)
     assert one["devices"] == 1 and one["mesh"] is None
-    assert eight["devices"] == 8 and eight["mesh"] == 8
-    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(eight["grad"], one["grad"], rtol=1e-3, atol=1e-6)
-    np.testing.assert_allclose(eight["eval"], one["eval"], rtol=1e-4, atol=1e-5)
+    assert eight["devices"] == 8 and eight["mesh"] == {"seeds": 2, "data": 4}   # 2 seeds, batch over 4
+    assert two["devices"] == 2 and two["mesh"] == {"seeds": 2, "data": 1}       # one seed per device
+    assert_same_results(eight, one)
+    assert_same_results(two, one)
+
+
+def test_auto_cpu_devices_divides_the_seeds():
+    assert sharding.auto_cpu_devices(2, cores=2) == 2
+    assert sharding.auto_cpu_devices(8, cores=2) == 2
+    assert sharding.auto_cpu_devices(8, cores=6) == 4      # 6 does not divide 8
+    assert sharding.auto_cpu_devices(3, cores=2) == 1      # no split: the batch is never split on a CPU
+    assert sharding.auto_cpu_devices(1, cores=16) == 1
+    assert sharding.auto_cpu_devices(12, cores=16) == 12
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_cpu_devices_rejects_bad_counts(bad):
+    with pytest.raises(ConfigError, match="cpu_devices"):
+        sharding.set_cpu_devices(bad)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from experiments import depth_sweep
-from jaxnorm import results, rundir
+from jaxnorm import results, rundir, sharding
 from jaxnorm import sweep as sweep_lib
 from jaxnorm.config import ATTENTIONS, BLOCKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TASKS, ConfigError
 from jaxnorm.sweep import PRESETS, SweepSpec, expand, parse_clip, preset
@@ -136,6 +136,7 @@ def test_help_lists_every_flag_and_value():
     (["--heads", "3"], "num_heads"),
     (["--task", "lm", "--norms", "batchnorm"], "norm"),
     (["--seeds", "two"], "--seeds"),
+    (["--cpu-devices", "3"], "--cpu-devices"),  # JAX started in this process with 1 CPU device
     (["--bogus"], "unrecognized"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(flags, field, tmp_path, capsys):
@@ -164,6 +165,8 @@ def test_cli_end_to_end_and_refuses_a_different_spec(tmp_path):
     assert {"jax", "flax", "optax", "numpy", "python", "device_kind", "platform", "git_commit"} <= set(
         sweep_json["environment"])
     assert sweep_json["spec"]["lrs"] == [1e-3, 3e-3] and len(sweep_json["cell_ids"]) == 2
+    # --cpu-devices auto: the 2 seeds run on their own CPU devices wherever there are 2 cores
+    assert sweep_json["environment"]["device_count"] == sharding.auto_cpu_devices(2)
 
     cell_dirs = sorted((out / "cells").iterdir())
     assert [d.name for d in cell_dirs] == sorted(sweep_json["cell_ids"])
