@@ -16,8 +16,9 @@ Model: `Model` (Flax NNX) and the functional core `init` / `apply`. The variant 
 `BLOCKS`, `NORMS`, `ATTENTIONS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `CLIPS`, `SCHEDULES`, `TASKS`.
 
 `import jaxnorm` is light: only the configs are imported eagerly; JAX, Flax, pandas and matplotlib are
-imported on first use of a name that needs them. Batches are sharded over all local devices (TPU cores,
-GPUs) automatically; `TrainConfig.batch_size` must be a multiple of `jax.device_count()`.
+imported on first use of a name that needs them. A cell's seeds, then its batches, are split over all local
+devices (TPU cores, GPUs) automatically (`jaxnorm.sharding`); on a CPU, `jaxnorm.sharding.set_cpu_devices(n)`
+before anything runs makes n devices, so that seeds run side by side.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxnorm import model as model_lib  # noqa: E402
-from jaxnorm import probes  # noqa: E402
+from jaxnorm import probes, sharding  # noqa: E402
 from jaxnorm import train as train_lib  # noqa: E402
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig  # noqa: E402
 from jaxnorm.data import make_dataset  # noqa: E402
@@ -253,7 +253,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
             probes._jacobian_stats_program.cache_clear()
             if kind == "jacobian":
                 return probes._jacobian_stats_program(fns.graphdef, probe_cfg, options)
-            return train_lib._program(kind, fns, data, B, *args, once=True)
+            return train_lib._program(kind, fns, data, B, sharding.train_mesh(S), *args, once=True)
         return make
 
     state = jax.eval_shape(fresh("init")(), init_keys, lr, active)

@@ -173,3 +173,21 @@ def test_bench_rejects_unknown_section():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--sections" in proc.stderr and "allowed: comma-separated train, wide, compile, seeds, probes" in proc.stderr
+
+
+def test_bench_seeds_section_measures_seeds_split_over_cpu_devices():
+    """bench.py's seeds section with its default --cpu-devices: with 2 cores or more the S = 2 row also
+    times the program with one seed per CPU device, as `jaxnorm.train` runs it (a measured time, not '—')."""
+    from jaxnorm.sharding import usable_cores
+
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--tiny", "--sections", "seeds"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| 2 |"))
+    _, one_ms, split_ms, devices, seq_ms, one_ratio, split_ratio = [c.strip() for c in row.strip("| ").split("|")]
+    assert float(one_ms) > 0 and float(seq_ms) > 0 and float(one_ratio) > 0
+    if usable_cores() >= 2:
+        assert devices == "2" and float(split_ms) > 0
+        assert float(split_ratio) == pytest.approx(float(seq_ms) / float(split_ms), rel=0.02, abs=0.01)
+    else:
+        assert split_ms == devices == split_ratio == "—"
