@@ -65,7 +65,7 @@ def shard_seeds(tree: Any, mesh: Mesh | None) -> Any:
 
 
 def usable_cores() -> int:
-    """The CPU cores this process may run on (a container's limit, not the machine's count)."""
+    """The CPU cores this process may run on (its CPU affinity, which a container's cpuset narrows)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
