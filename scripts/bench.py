@@ -37,7 +37,6 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compile import (  # noqa: E402
@@ -51,7 +50,6 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxnorm import sharding  # noqa: E402
 from jaxnorm.data import make_dataset  # noqa: E402
-from jaxnorm.step import make_chunk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GRADS_ONLY = NO_PROBES.replace(grads=True)  # the benchmarked step records per-layer gradient norms
@@ -143,31 +141,13 @@ def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int,
             else:
                 times[depth] = median_time(make_setup(m, o, t, GRADS_ONLY).runner(t.log_every, True),
                                            repeats=repeats)
-        times.update(interleaved_medians(runners, repeats=repeats) if runners else {})
+        if runners:
+            times.update(interleaved_medians(runners, repeats=repeats))
         for depth in depths:
             m, _, t = configs(depth, block=block, tiny=tiny)
             rows.append({"block": block, "depth": depth, "step_s": times[depth] / cfgs[depth].log_every,
                          "flops": model_flops(m, t), "xla_flops": xla_step_flops(depth, block, tiny, configs)})
     return rows
-
-
-def split_seeds_runner(setup, n_steps: int) -> Callable[[], Any] | None:
-    """Like setup.runner, but with the seeds split over the local devices as `jaxnorm.train` splits them
-    (`sharding.train_mesh`); None unless that puts more than one seed-group on devices and no batch split."""
-    S = setup.data_keys.shape[0]
-    mesh = sharding.train_mesh(S)
-    if mesh is None or mesh.shape[sharding.SEED_AXIS] == 1 or mesh.shape[sharding.DATA_AXIS] != 1:
-        return None
-    batch_fn = lambda d, k: sharding.shard_batch(setup.batch_fn(d, k), mesh)  # noqa: E731
-    chunk = make_chunk(setup.fns, batch_fn, n_steps, True, seed_axis=sharding.seed_axis_name(mesh))
-    box = [sharding.shard_seeds(jax.tree.map(jnp.copy, setup.state), mesh)]
-    keys = sharding.shard_seeds(setup.data_keys, mesh)
-
-    def run():
-        box[0], scalars, layers = chunk(box[0], keys, setup.data)
-        return box[0], scalars, layers
-
-    return run
 
 
 def seed_scaling(depth: int, seeds: list[int], tiny: bool, repeats: int) -> list[dict]:
@@ -176,12 +156,14 @@ def seed_scaling(depth: int, seeds: list[int], tiny: bool, repeats: int) -> list
     m, o, t = bench_configs(depth, tiny=tiny)
     n = t.log_every
     one = cached_setup(m, o, t, GRADS_ONLY, seeds=1).runner(n, True)
-    runners = {}
+    runners, split_devices = {}, {}
     for S in seeds:
         setup = cached_setup(m, o, t, GRADS_ONLY, seeds=S)
         runners[f"vmap{S}"] = setup.runner(n, True)
-        if (split := split_seeds_runner(setup, n)) is not None:
-            runners[f"split{S}"] = split
+        mesh = sharding.train_mesh(S)
+        if mesh is not None and mesh.shape[sharding.SEED_AXIS] > 1 and mesh.shape[sharding.DATA_AXIS] == 1:
+            runners[f"split{S}"] = setup.runner(n, True, mesh)
+            split_devices[S] = mesh.shape[sharding.SEED_AXIS]
         runners[f"seq{S}"] = (lambda S=S: [one() for _ in range(S)][-1])  # earlier outputs' state is donated
     times = interleaved_medians(runners, repeats=repeats)
     rows = []
@@ -189,7 +171,7 @@ def seed_scaling(depth: int, seeds: list[int], tiny: bool, repeats: int) -> list
         split_s = times.get(f"split{S}")
         rows.append({"seeds": S, "depth": depth, "vmap_s": times[f"vmap{S}"], "seq_s": times[f"seq{S}"],
                      "speedup": times[f"seq{S}"] / times[f"vmap{S}"], "split_s": split_s,
-                     "split_devices": sharding.train_mesh(S).shape[sharding.SEED_AXIS] if split_s else None,
+                     "split_devices": split_devices.get(S),
                      "split_speedup": times[f"seq{S}"] / split_s if split_s else None})
     return rows
 

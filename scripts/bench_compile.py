@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 
 from jaxnorm import model as model_lib  # noqa: E402
 from jaxnorm import probes, sharding  # noqa: E402
@@ -95,13 +96,20 @@ class Setup:
             self.chunks[n_steps, with_probes] = self.chunk(n_steps, with_probes)
         return self.chunks[n_steps, with_probes]
 
-    def runner(self, n_steps: int, with_probes: bool) -> Callable[[], Any]:
-        """A no-argument callable running the chunk on its own copy of the state (threaded through calls)."""
-        chunk = self.cached_chunk(n_steps, with_probes)
-        box = [jax.tree.map(jnp.copy, self.state)]
+    def runner(self, n_steps: int, with_probes: bool, mesh: Mesh | None = None) -> Callable[[], Any]:
+        """A no-argument callable running the chunk on its own copy of the state (threaded through calls).
+        With a mesh (`sharding.train_mesh`): the chunk `jaxnorm.train` compiles for it, the state and keys
+        split over it."""
+        if mesh is None:
+            chunk = self.cached_chunk(n_steps, with_probes)
+        else:
+            chunk = train_lib._program("chunk", self.fns, self.data, self.train_cfg.batch_size, mesh, n_steps,
+                                       with_probes)
+        box = [sharding.shard_seeds(jax.tree.map(jnp.copy, self.state), mesh)]
+        keys = sharding.shard_seeds(self.data_keys, mesh)
 
         def run():
-            box[0], scalars, layers = chunk(box[0], self.data_keys, self.data)
+            box[0], scalars, layers = chunk(box[0], keys, self.data)
             return box[0], scalars, layers
 
         return run
