@@ -2,6 +2,7 @@
 
     python -m experiments.depth_sweep                      # the `quick` preset (9 cells, CPU-sized)
     python -m experiments.depth_sweep --preset paper --shard 0/4 --out runs/paper
+    python -m experiments.depth_sweep --preset paper --distributed   # on every host of a TPU pod slice
     python -m experiments.depth_sweep --depths 2,8,32 --blocks post_ln,pre_ln --lrs 1e-3,3e-3 --out runs/mine
 
 Flags override the preset. Rerunning the same command resumes (finished cells are skipped). Invalid
@@ -153,7 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cpu-devices", default="auto",
       help="split the CPU into N JAX devices so that a cell's seeds run side by side (no effect on GPU/TPU); "
            "auto = the largest divisor of --seeds up to the core count (default auto; 1 = one device)")
+    a("--distributed", action="store_true",
+      help="join a multi-host job first (jax.distributed.initialize(), which finds a TPU pod slice, SLURM, "
+           "Open MPI or Kubernetes job by itself); each process runs its share of the cells on its own devices")
     return p
+
+
+def join_distributed() -> None:
+    """--distributed: join the job's other processes before JAX starts (jaxnorm.sweep splits the cells)."""
+    import jax
+
+    try:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--distributed: cannot join a multi-host job ({reason}); allowed: a TPU pod slice, "
+                          "SLURM, Open MPI or Kubernetes job that jax.distributed.initialize() detects, "
+                          "before JAX has started in this process") from None
 
 
 def use_cpu_devices(text: str, seeds: int) -> None:
@@ -240,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = build_spec(args)
         shard = parse_shard(args.shard)
         use_cpu_devices(args.cpu_devices, spec.seeds)
+        if args.distributed:
+            join_distributed()
         from jaxnorm import sweep
         sweep.validate(spec, out, shard)
     except ValueError as e:  # ConfigError, DataError: one line, nothing written

@@ -115,6 +115,7 @@ def environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "numpy": np.__version__, "platform": device.platform,
             "device_kind": device.device_kind, "device_count": jax.device_count(),
+            "local_device_count": jax.local_device_count(),
             "process_count": jax.process_count(), "host": platform.node(), "argv": sys.argv,
             "git_commit": git_commit or None}
 

@@ -29,8 +29,9 @@ SEED_AXIS, DATA_AXIS = "seeds", "data"
 
 
 def train_mesh(seeds: int) -> Mesh | None:
-    """A (gcd(seeds, n), n / gcd) mesh ('seeds', 'data') over the n local devices, or None when n is 1."""
-    devices = jax.devices()
+    """A (gcd(seeds, n), n / gcd) mesh ('seeds', 'data') over the n local devices, or None when n is 1.
+    Local: under `jax.distributed` each process runs its own cells on its own devices (jaxnorm.sweep)."""
+    devices = jax.local_devices()
     if len(devices) == 1:
         return None
     s = math.gcd(seeds, len(devices))

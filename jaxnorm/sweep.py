@@ -8,8 +8,11 @@ The one entry point a notebook needs:
 
 `run` validates everything before it creates anything; it refuses a run directory that holds a
 different spec; a cell whose summary.json exists is never recomputed; `shard=(i, n)` runs cells
-i, i+n, i+2n, ... of the expanded list so n machines can fill one run directory; only JAX process 0
-writes. The spec, the cell layout and what each file holds: `jaxnorm.sweep_spec`, `jaxnorm.rundir`.
+i, i+n, i+2n, ... of the expanded list so n machines can fill one run directory. Under
+`jax.distributed` (several hosts) each JAX process takes every P-th cell of its shard and runs it on its own
+devices: cells are independent, so no cell waits on another host; process 0 writes the figures and report
+once every process has finished. The spec, the cell layout and what each file holds:
+`jaxnorm.sweep_spec`, `jaxnorm.rundir`.
 """
 
 from __future__ import annotations
@@ -75,18 +78,15 @@ def validate(spec: SweepSpec, out_dir: str | Path, shard: tuple[int, int] = (0, 
     return cells
 
 
-def run_cell(cell: Cell, path: Path, *, progress: bool, write: bool, pad_to: int | None = None) -> dict | None:
+def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = None) -> dict:
     """Train one cell and write its files (config.json first, summary.json last); returns the summary.
     `pad_to`: see `jaxnorm.train` (the same results, programs shared across depths)."""
-    if write:
-        rundir.write_config(path, cell)
+    rundir.write_config(path, cell)
     from jaxnorm.train import train
 
     t0 = time.perf_counter()
     history = train(cell.model, cell.optim, cell.train.replace(progress=progress), cell.probe,
                     desc=cell.cell_id, pad_to=pad_to)
-    if not write:
-        return None
     return rundir.write_cell(path, cell, history, time.perf_counter() - t0)
 
 
@@ -147,31 +147,34 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
     out_dir = Path(out_dir)
     cells = validate(spec, out_dir, shard)
     i, n = shard
-    mine = cells[i::n]
+    process, processes = jax.process_index(), jax.process_count()
+    mine = cells[i::n][process::processes]
     use_compilation_cache()
-    writer = jax.process_index() == 0
-    if writer:
-        (out_dir / "cells").mkdir(parents=True, exist_ok=True)
-        if not (out_dir / "sweep.json").exists():
-            rundir.write_sweep_json(out_dir, spec, [c.cell_id for c in cells])
+    (out_dir / "cells").mkdir(parents=True, exist_ok=True)
+    if process == 0 and not (out_dir / "sweep.json").exists():
+        rundir.write_sweep_json(out_dir, spec, [c.cell_id for c in cells])
     todo = [c for c in mine if not rundir.is_done(out_dir, c.cell_id)]
     pad_to = init_profile_depth(spec)
     if pad_to is not None:
         todo = grouped_across_depths(todo)
     if progress:
-        print(f"sweep: {len(cells)} cells, shard {i}/{n}: {len(mine)} cells, {len(mine) - len(todo)} already "
+        where = f"shard {i}/{n}" + (f", process {process}/{processes}" if processes > 1 else "")
+        print(f"sweep: {len(cells)} cells, {where}: {len(mine)} cells, {len(mine) - len(todo)} already "
               f"done, {len(todo)} to run -> {out_dir}", file=sys.stderr)
     bar = tqdm(todo, desc="cells", unit="cell", disable=not progress, file=sys.stderr)
     try:
         for cell in bar:
             bar.set_postfix_str(cell.cell_id)
-            run_cell(cell, rundir.cell_dir(out_dir, cell.cell_id), progress=progress, write=writer, pad_to=pad_to)
-            if writer:
-                rebuild_results(out_dir)
+            run_cell(cell, rundir.cell_dir(out_dir, cell.cell_id), progress=progress, pad_to=pad_to)
+            rebuild_results(out_dir)
     finally:
         bar.close()
-        if writer:  # also on KeyboardInterrupt: results.csv reflects every finished cell
-            rebuild_results(out_dir)
-    if writer:
-        _figures_and_report(out_dir)
+        rebuild_results(out_dir)  # also on KeyboardInterrupt: results.csv reflects every finished cell
+    if processes > 1:  # every process's cells are on disk before process 0 draws from them
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxnorm.sweep.run: all cells written")
+        if process != 0:
+            return results.load(out_dir)
+        rebuild_results(out_dir)
+    _figures_and_report(out_dir)
     return results.load(out_dir)
