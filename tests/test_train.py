@@ -146,7 +146,9 @@ def test_compiled_programs_do_not_accumulate_over_cells():
         gc.collect()
         counts.append(_memory_maps())
     assert len(train_lib._programs) == probes.MAX_CACHED_CONFIGS
-    one_cell = counts[1] - counts[0]
+    # A cell's worth: the larger of the first two cells' growth (in a process that has freed executables
+    # before, new ones may partly reuse its old mappings, so a single cell can read low).
+    one_cell = max(counts[1] - counts[0], counts[2] - counts[1])
     assert one_cell > 0
     # The two cells after the cache filled up add less than one cell's worth (unbounded: ~2 cells' worth).
     assert counts[-1] - counts[probes.MAX_CACHED_CONFIGS] < one_cell, counts
