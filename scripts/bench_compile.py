@@ -2,7 +2,7 @@
 
     python scripts/bench_compile.py                       # depths 4,16,64,128 at the `quick` preset's width
     python scripts/bench_compile.py --depths 4,128 --repeats 3
-    python scripts/bench_compile.py --tiny                # smoke run: depths 2,8 at a tiny width
+    python scripts/bench_compile.py --tiny                # smoke run: depth 2 at a tiny width
 
 For each depth, at one width, it times `lower` and `compile` of (a) the jitted train chunk that the training
 loop runs (`make_chunk(...)`: one probed step + log_every−1 bare steps, vmapped over seeds) and (b) the model's
@@ -316,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depths", type=parse_depths, default=None, help="comma-separated (default 4,16,64,128)")
     parser.add_argument("--repeats", type=int, default=1, help="cold compiles per measurement (median)")
     parser.add_argument("--block", default="pre_ln")
-    parser.add_argument("--tiny", action="store_true", help="smoke run: depths 2,8 at a tiny width")
+    parser.add_argument("--tiny", action="store_true", help="smoke run: depth 2 at a tiny width")
     args = parser.parse_args(argv)
     if args.tiny:
         smoke_mode()
-    depths = args.depths or ([2, 8] if args.tiny else [4, 16, 64, 128])
+    depths = args.depths or ([2] if args.tiny else [4, 16, 64, 128])
     print(f"# compile time vs depth ({args.block}; {describe_width(args.tiny)})")
     print(compile_table(compile_times(depths, tiny=args.tiny, repeats=args.repeats, block=args.block)))
     init_depth = 2 if args.tiny else 16

@@ -38,7 +38,7 @@ def valid_model_configs(draw):
         num_groups=draw(st.sampled_from([1, 2, 4])), admin_mode=draw(st.sampled_from(ADMIN_MODES)))
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=valid_model_configs(), seed=st.integers(0, 2**16))
 def test_valid_configs_init_forward_backward_finite(cfg, seed):
     key_init, key_tok = jax.random.split(jax.random.key(seed))

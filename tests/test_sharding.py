@@ -15,21 +15,25 @@ from jaxnorm.config import ConfigError
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    import jax, numpy as np
+    import jax
     from jaxnorm import sharding
-    cpu_devices = int(sys.argv[1])
-    if cpu_devices:
-        sharding.set_cpu_devices(cpu_devices)
     from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
     from jaxnorm.train import train
-    mesh = sharding.train_mesh(2)
-    h = train(ModelConfig(depth=2, d_model=16, num_heads=2, d_ff=32), OptimConfig(lr=3e-3),
-              TrainConfig(task="copy", steps=12, batch_size=16, seq_len=8, seeds=2, log_every=4,
-                          eval_every=6, progress=False),
-              ProbeConfig(power_iters=5, hutchinson_samples=2, probe_every=6))
-    print(json.dumps({"devices": jax.device_count(), "mesh": None if mesh is None else dict(mesh.shape),
-                      "loss": h.metrics["loss"].tolist(), "grad": h.layers["grad_norm/all"].tolist(),
-                      "jac": h.jacobian["jac_spectral"].tolist(), "eval": h.eval_loss.tolist()}))
+
+    def measure():
+        mesh = sharding.train_mesh(2)
+        h = train(ModelConfig(depth=2, d_model=16, num_heads=2, d_ff=32), OptimConfig(lr=3e-3),
+                  TrainConfig(task="copy", steps=12, batch_size=16, seq_len=8, seeds=2, log_every=4,
+                              eval_every=6, progress=False),
+                  ProbeConfig(power_iters=5, hutchinson_samples=2, probe_every=6))
+        return {"devices": jax.device_count(), "mesh": None if mesh is None else dict(mesh.shape),
+                "loss": h.metrics["loss"].tolist(), "grad": h.layers["grad_norm/all"].tolist(),
+                "jac": h.jacobian["jac_spectral"].tolist(), "eval": h.eval_loss.tolist()}
+
+    if __name__ == "__main__":
+        if int(sys.argv[1]):
+            sharding.set_cpu_devices(int(sys.argv[1]))
+        print(json.dumps(measure()))
 """)
 
 
@@ -44,6 +48,13 @@ def run_with_devices(n, *, via_flag=True):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_here():
+    """The script's measurement in this test process, which has one CPU device (tests/conftest.py)."""
+    namespace = {}
+    exec(SCRIPT, namespace)
+    return namespace["measure"]()
+
+
 def assert_same_results(a, b):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a["grad"], b["grad"], rtol=1e-3, atol=1e-6)
@@ -52,7 +63,7 @@ def assert_same_results(a, b):
 
 
 def test_split_seeds_and_batch_match_one_device():
-    one, eight, two = run_with_devices(1), run_with_devices(8), run_with_devices(2, via_flag=False)
+    one, eight, two = run_here(), run_with_devices(8), run_with_devices(2, via_flag=False)
     assert one["devices"] == 1 and one["mesh"] is None
     assert eight["devices"] == 8 and eight["mesh"] == {"seeds": 2, "data": 4}   # 2 seeds, batch over 4
     assert two["devices"] == 2 and two["mesh"] == {"seeds": 2, "data": 1}       # one seed per device
