@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
            "program after a warm-up call (`scripts/profile_step.py`).", "",
            f"## Train chunk ({n} steps): 1 seed vs {S} vmapped seeds", ""]
     out += seeds_table(k1, kS, w1, wS, S, args.top)
-    out += ["", f"## One Jacobian probe call (1 seed; probe_batch {jac_cfg.probe_batch}, power_iters "
-            f"{jac_cfg.power_iters}, hutchinson_samples {jac_cfg.hutchinson_samples})", ""]
+    out += ["", f"## One Jacobian probe call (1 seed; probe_batch {jac_cfg.probe_batch}, {jac_cfg.power_iters} "
+            f"{jac_cfg.spectral_method} steps per spectral norm, hutchinson_samples {jac_cfg.hutchinson_samples})",
+            ""]
     out += kinds_table(kJ, wJ, args.top)
     if args.hlo_dir:
         hlo_dir = Path(args.hlo_dir)
