@@ -18,7 +18,6 @@ once every process has finished. The spec, the cell layout and what each file ho
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -100,12 +99,10 @@ def rebuild_results(out_dir: str | Path) -> pd.DataFrame:
 
 
 def _figures_and_report(out_dir: Path) -> None:
-    """=== Call site for figures and report (jaxnorm.plots / jaxnorm.report, written separately) ===
-    Called once results.csv is rebuilt at the end of a sweep, only if those modules exist. A failure
-    there is reported on stderr and does not fail the sweep: the run directory is already complete."""
+    """Figures (jaxnorm.plots) and report.md (jaxnorm.report), once results.csv is rebuilt at the end of a
+    sweep. A failure there is reported on stderr and does not fail the sweep: the run directory is already
+    complete."""
     for module, function in (("jaxnorm.plots", "draw_all"), ("jaxnorm.report", "write_report")):
-        if importlib.util.find_spec(module) is None:
-            continue
         try:
             getattr(importlib.import_module(module), function)(out_dir)
         except Exception as e:  # noqa: BLE001 — results are on disk; a figure bug must not lose them
