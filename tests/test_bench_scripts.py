@@ -43,13 +43,15 @@ def profile_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def smoke_runs(profile_dir) -> dict[str, tuple[int, str, str]]:
-    """The JAX scripts' smoke runs start together; the results are read once for the module."""
+    """The JAX scripts' smoke runs start together; the results are read once per session (the tests that
+    read them share one xdist worker: `xdist_group`)."""
     procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py", "spectral_accuracy.py")}
     procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
                                       "--out", str(profile_dir / "profile.md"))
     return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
 
 
+@pytest.mark.xdist_group("bench-smoke-runs")
 @pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py", "spectral_accuracy.py"])
 def test_jax_bench_script_smoke(smoke_runs, script):
     rc, out, err = smoke_runs[script]
@@ -58,6 +60,7 @@ def test_jax_bench_script_smoke(smoke_runs, script):
         assert header in out
 
 
+@pytest.mark.xdist_group("bench-smoke-runs")
 def test_init_cell_table_times_every_program(smoke_runs):
     """The init-cell table has one row per program a steps = 0 cell compiles, each a real (non-zero) compile."""
     rc, out, err = smoke_runs["bench_compile.py"]
@@ -71,6 +74,7 @@ def test_init_cell_table_times_every_program(smoke_runs):
     assert abs(sum(r[2] for name, r in rows.items() if name != "**all**") - rows["**all**"][2]) < 0.05
 
 
+@pytest.mark.xdist_group("bench-smoke-runs")
 def test_spectral_accuracy_rows_are_measured(smoke_runs):
     """Each estimator's errors come from a dense SVD: both approach σ₁ from below (errors ≥ −rounding) and,
     at the same number of products JᵀJv, Lanczos is at least as close as power iteration."""
@@ -84,6 +88,7 @@ def test_spectral_accuracy_rows_are_measured(smoke_runs):
     assert rows["power"][0] > 1e-4  # the tiny model is not trivially converged: the check above can fail
 
 
+@pytest.mark.xdist_group("bench-smoke-runs")
 def test_profile_finds_the_kernels_it_reports(smoke_runs, profile_dir):
     """The profile's totals come from real kernel events: non-zero times and counts, the vmapped chunk's
     optimised HLO has only batched dots (seeds are a batch dimension), and --out holds what was printed."""

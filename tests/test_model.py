@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxnorm import model as model_lib
-from jaxnorm.config import ATTENTIONS, BLOCKS, NORMS, SEQUENCE_MIXING_NORMS, ModelConfig
+from jaxnorm.config import ATTENTIONS, BLOCKS, NORM_FREE_BLOCKS, NORMS, SEQUENCE_MIXING_NORMS, ModelConfig
 from jaxnorm.init import admin_omega_profiled
 
 TINY = dict(d_model=8, num_heads=2, d_ff=16, vocab_size=7, max_len=6)
@@ -80,23 +80,34 @@ def test_bidirectional_sees_the_future():
 
 def _full_product():
     for block, norm, attention in itertools.product(BLOCKS, NORMS, ATTENTIONS):
-        if block in ("rezero", "no_norm") and norm != "layernorm":
+        if block in NORM_FREE_BLOCKS and norm != "layernorm":
             continue  # norm-free blocks ignore `norm`: one combination each is enough
         yield block, norm, attention
 
 
 def _all_pairs():
-    """Every (block, norm) and every (block, attention) pair, the third factor cycled through its values.
+    """A covering design: every (block, norm), (block, attention) and (norm, attention) pair at least once.
 
-    Norms and attention forms meet only inside a block, so this covers every pairwise interaction at a
-    third of the full product's cost; the full product runs with `pytest -m slow`."""
-    combos = set()
-    for i, (block, norm) in enumerate(itertools.product(BLOCKS, NORMS)):
-        combos.add((block, norm, ATTENTIONS[i % len(ATTENTIONS)]))
-    for i, (block, attention) in enumerate(itertools.product(BLOCKS, ATTENTIONS)):
-        combos.add((block, NORMS[i % len(NORMS)], attention))
-    full = set(_full_product())
-    return sorted(c if c in full else (c[0], "layernorm", c[2]) for c in combos)
+    Block b's combinations pair norm j with attention (j + b) mod |attentions|: with at least as many norms
+    as attention forms, each block meets every norm and every attention form, and shifting by b pairs each
+    norm with every attention form across blocks. Norm-free blocks ignore `norm` and meet each attention form
+    once. 82 of the full product's 432 combinations; the full product runs with `pytest -m slow`."""
+    assert len(NORMS) >= len(ATTENTIONS)
+    combos = []
+    for b, block in enumerate(BLOCKS):
+        if block in NORM_FREE_BLOCKS:
+            combos += [(block, "layernorm", attention) for attention in ATTENTIONS]
+        else:
+            combos += [(block, norm, ATTENTIONS[(j + b) % len(ATTENTIONS)]) for j, norm in enumerate(NORMS)]
+    return combos
+
+
+def test_the_covering_design_covers_every_pair():
+    combos, normed = _all_pairs(), [b for b in BLOCKS if b not in NORM_FREE_BLOCKS]
+    assert set(combos) <= set(_full_product())
+    assert {(b, n) for b, n, _ in combos} >= set(itertools.product(normed, NORMS))
+    assert {(b, a) for b, _, a in combos} == set(itertools.product(BLOCKS, ATTENTIONS))
+    assert {(n, a) for b, n, a in combos if b in normed} == set(itertools.product(NORMS, ATTENTIONS))
 
 
 def _finite_forward_backward(block, norm, attention):

@@ -99,7 +99,8 @@ def plot_sweep_main():
 
 @pytest.fixture(scope="module")
 def drawn(run_dir):
-    """scripts/plot_sweep.py in process: draw_all (whose returned paths it prints) then write_report."""
+    """scripts/plot_sweep.py in process: draw_all (whose returned paths it prints) then write_report. Drawn
+    once per session: the tests that read it share one xdist worker (`xdist_group`)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert plot_sweep_main()([str(run_dir)]) == 0
@@ -113,6 +114,7 @@ def assert_png(path: Path):
     assert len(data) > 5000 and data[:8] == PNG, path
 
 
+@pytest.mark.xdist_group("plots-drawn")
 def test_draw_all_writes_every_figure(run_dir, drawn):
     paths = drawn
     assert {p.name for p in paths} == ALL_FIGURES
@@ -144,6 +146,7 @@ def test_trained_definition(run_dir):
     assert not ok[bad.index].any() and ok.drop(bad.index).all()
 
 
+@pytest.mark.xdist_group("plots-drawn")
 def test_report_rows_observations_and_links(run_dir, drawn):
     (run_dir / "figures" / "jacobian_spectrum.png").unlink()  # a figure that is absent must not be linked
     text = report.write_report(run_dir).read_text()

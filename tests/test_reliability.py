@@ -85,13 +85,15 @@ def _results(out: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """An uninterrupted sweep of the same command."""
+    """An uninterrupted sweep of the same command. The tests that read it share one xdist worker
+    (`xdist_group`, with `--dist loadgroup` in pyproject.toml), so it runs once per session."""
     out = tmp_path_factory.mktemp("reference") / "run"
     proc = subprocess.run(_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out
 
 
+@pytest.mark.xdist_group("reliability-reference")
 def test_sigkill_while_writing_a_cell_then_resume(tmp_path, reference):
     out = tmp_path / "run"
     proc = _popen(out, delay=0.5)
@@ -143,6 +145,7 @@ def test_sigint_stops_cleanly_with_resume_hint(tmp_path):
     assert set(df.cell_id) == done and len(df) == len(done) * SEEDS
 
 
+@pytest.mark.xdist_group("reliability-reference")
 def test_rerun_is_identical_and_records_the_environment(tmp_path, reference):
     """The same command, in another process and another directory: identical results (timing aside).
     (Run as a command, as the reference was: `--cpu-devices auto` may split the seeds over CPU devices there,
