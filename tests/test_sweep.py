@@ -137,6 +137,7 @@ def test_help_lists_every_flag_and_value():
     (["--task", "lm", "--norms", "batchnorm"], "norm"),
     (["--seeds", "two"], "--seeds"),
     (["--cpu-devices", "3"], "--cpu-devices"),  # JAX started in this process with 1 CPU device
+    (["--distributed"], "--distributed"),  # no multi-host job here (tests/test_multihost.py joins one)
     (["--bogus"], "unrecognized"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(flags, field, tmp_path, capsys):
