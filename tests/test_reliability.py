@@ -21,15 +21,11 @@ import pytest
 from experiments import depth_sweep
 from jaxnorm import sweep as sweep_lib
 from jaxnorm.config import OptimConfig, ProbeConfig
+from tiny_sweep import TIMING, TINY_CELL_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--depths", "2", "--blocks", "pre_ln", "--norms", "layernorm", "--attentions", "dot",
-         "--optimizers", "adamw", "--clip", "none", "--seeds", "2", "--steps", "6", "--batch-size", "8",
-         "--seq-len", "8", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--log-every", "2",
-         "--eval-every", "4", "--probe-every", "4", "--task", "reverse", "--no-progress",
-         "--lrs", "1e-3,2e-3,3e-3,4e-3"]
+FLAGS = [*TINY_CELL_FLAGS, "--no-progress", "--lrs", "1e-3,2e-3,3e-3,4e-3"]
 N_CELLS, SEEDS = 4, 2
-TIMING = ["compile_s", "run_s", "steps_per_s", "wall_s"]
 
 
 def _cmd(out: Path) -> list[str]:

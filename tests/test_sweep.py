@@ -21,15 +21,11 @@ from jaxnorm import results, rundir, sharding
 from jaxnorm import sweep as sweep_lib
 from jaxnorm.config import ATTENTIONS, BLOCKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TASKS, ConfigError
 from jaxnorm.sweep import PRESETS, SweepSpec, expand, parse_clip, preset
-from tiny_sweep import tiny_spec
+from tiny_sweep import TIMING, TINY_CELL_FLAGS, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # The CLI flags and the in-process spec below describe the same tiny cells (same compiled programs).
-TINY_FLAGS = ["--depths", "2", "--blocks", "pre_ln", "--norms", "layernorm", "--attentions", "dot",
-              "--optimizers", "adamw", "--clip", "none", "--seeds", "2", "--steps", "6", "--batch-size", "8",
-              "--seq-len", "8", "--d-model", "16", "--heads", "2", "--d-ff", "32", "--log-every", "2",
-              "--eval-every", "4", "--probe-every", "4", "--task", "reverse", "--no-progress"]
-TIMING = ["compile_s", "run_s", "steps_per_s", "wall_s"]
+TINY_FLAGS = [*TINY_CELL_FLAGS, "--no-progress"]
 
 
 def cli(*args, cwd=ROOT):
