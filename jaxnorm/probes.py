@@ -234,8 +234,19 @@ def end_to_end_map(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
     return _stack_fn(block_fn, block_state), x0_BxTxD
 
 
-def _stack_fn(block_fn: Callable, block_state: Any) -> Callable:
-    return lambda x_BxTxD: jax.lax.scan(lambda x, s: (block_fn(s, x), None), x_BxTxD, block_state)[0]
+def _stack_fn(block_fn: Callable, block_state: Any, unroll: int = 1) -> Callable:
+    return lambda x_BxTxD: jax.lax.scan(lambda x, s: (block_fn(s, x), None), x_BxTxD, block_state,
+                                        unroll=unroll)[0]
+
+
+def end_to_end_unroll() -> int:
+    """Layers per loop iteration of the end-to-end probe's scans on this backend (same values either way).
+
+    The end-to-end Lanczos runs `power_iters` JᵀJv products through the whole stack, one layer after another:
+    most of the probe's kernels. At the quick preset's size a GPU's time there is kernel launches and loop
+    overhead, and 4 layers per iteration cut the H100's Jacobian call by 26-29%; on a CPU unrolling measured
+    slower (`scripts/bench_jacobian_loops.py` compares them side by side)."""
+    return 4 if jax.default_backend() == "gpu" else 1
 
 
 def end_to_end_jacobian_dense(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array
@@ -248,8 +259,9 @@ def end_to_end_jacobian_dense(graphdef: nnx.GraphDef, params: Any, rest: Any, to
 
 
 def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array, key: jax.Array,
-                   cfg: ProbeConfig) -> dict[str, jax.Array]:
-    """Jacobian probes of one seed at the eval-mode residual stream of the probe batch.
+                   cfg: ProbeConfig, unroll: int = 1) -> dict[str, jax.Array]:
+    """Jacobian probes of one seed at the eval-mode residual stream of the probe batch; `unroll`: layers per
+    iteration of the end-to-end scans (a speed choice, `end_to_end_unroll`).
 
     jacobian: `jac_spectral` [L] ‖∂x_{l+1}/∂x_l‖₂ (cfg.power_iters steps of cfg.spectral_method, Lanczos
               or power iteration, from a random start); `jac_frobenius` [L] ‖∂x_{l+1}/∂x_l‖_F/√dim
@@ -282,7 +294,7 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
 
         out["jac_spectral"], out["jac_frobenius"] = jax.vmap(one_layer)(
             block_state, xs_LxBxTxD, starts_LxBxTxD, signs_LxNxBxTxD)
-        jvp, vjp = _linearized(_stack_fn(block_fn, block_state), x0_BxTxD)
+        jvp, vjp = _linearized(_stack_fn(block_fn, block_state, unroll), x0_BxTxD)
         out["jac_end_to_end"] = spectral_norm(jvp, vjp, e2e_start_BxTxD, cfg.power_iters)
     if cfg.spectrum:
         jac_KxK = end_to_end_jacobian_dense(graphdef, params, rest, tokens_BxT).astype(jnp.float32)
@@ -298,18 +310,20 @@ MAX_CACHED_CONFIGS = 2
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_CONFIGS)
-def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = ()) -> Callable:
-    one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg)  # noqa: E731
+def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = (),
+                            unroll: int = 1) -> Callable:
+    one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg, unroll)  # noqa: E731
     return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=dict(compiler_options) or None)
 
 
 def jacobian_stats_seeds(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array,
-                         key: jax.Array, cfg: ProbeConfig, compiler_options: dict | None = None
-                         ) -> dict[str, jax.Array]:
+                         key: jax.Array, cfg: ProbeConfig, compiler_options: dict | None = None,
+                         unroll: int | None = None) -> dict[str, jax.Array]:
     """`jacobian_stats` for S seeds at once (leading axis S on params/rest; probe batch and key shared),
-    compiled once per (graphdef, cfg, compiler_options)."""
+    compiled once per (graphdef, cfg, compiler_options, unroll); `unroll` None: `end_to_end_unroll()`."""
     options = tuple(sorted((compiler_options or {}).items()))
-    return _jacobian_stats_program(graphdef, cfg, options)(params, rest, tokens_BxT, key)
+    unroll = end_to_end_unroll() if unroll is None else unroll
+    return _jacobian_stats_program(graphdef, cfg, options, unroll)(params, rest, tokens_BxT, key)
 
 
 def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: Any, tokens_BxT: jax.Array

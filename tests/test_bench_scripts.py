@@ -21,6 +21,7 @@ HEADERS = {
     "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |",
                          "# programs of one `--preset init` block", "| program | lower s |"],
     "bench_probes.py": ["# probe overhead", "| depth | probes | time ms |"],
+    "bench_jacobian_loops.py": ["# Jacobian probes' loops", "| depth | program | end-to-end unroll |"],
     "spectral_accuracy.py": ["# spectral-norm estimators vs dense Jacobians", "| depth | trained steps | method |"],
     "profile_step.py": ["# where the time goes", "| op kind | 1 seed: ms/chunk |", "## One Jacobian probe call",
                         "## Optimised HLO"],
@@ -45,14 +46,16 @@ def profile_dir(tmp_path_factory) -> Path:
 def smoke_runs(profile_dir) -> dict[str, tuple[int, str, str]]:
     """The JAX scripts' smoke runs start together; the results are read once per session (the tests that
     read them share one xdist worker: `xdist_group`)."""
-    procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py", "spectral_accuracy.py")}
+    procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py", "spectral_accuracy.py",
+                                             "bench_jacobian_loops.py")}
     procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
                                       "--out", str(profile_dir / "profile.md"))
     return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
 
 
 @pytest.mark.xdist_group("bench-smoke-runs")
-@pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py", "spectral_accuracy.py"])
+@pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py", "spectral_accuracy.py",
+                                    "bench_jacobian_loops.py"])
 def test_jax_bench_script_smoke(smoke_runs, script):
     rc, out, err = smoke_runs[script]
     assert rc == 0, err[-2000:]
@@ -72,6 +75,22 @@ def test_init_cell_table_times_every_program(smoke_runs):
     for lower_s, compile_s, total_s in rows.values():
         assert lower_s > 0 and compile_s > 0 and abs(lower_s + compile_s - total_s) < 0.02
     assert abs(sum(r[2] for name, r in rows.items() if name != "**all**") - rows["**all**"][2]) < 0.05
+
+
+@pytest.mark.xdist_group("bench-smoke-runs")
+def test_jacobian_loop_variants_are_all_timed(smoke_runs):
+    """Every variant the smoke run compiles is timed against the reference (unroll 1, XLA's defaults): this
+    XLA accepts the GPU command-buffer options on a CPU too (where they change nothing), so none is rejected."""
+    rc, out, err = smoke_runs["bench_jacobian_loops.py"]
+    assert rc == 0, err[-2000:]
+    rows = {tuple(c.strip() for c in line.split("|")[2:5]): line.split("|")[5:9]
+            for line in out.splitlines() if re.match(r"\| \d", line)}
+    assert list(rows) == [("chunk of 4", "—", "XLA default"), ("chunk of 4", "—", "loops captured"),
+                          ("jacobian call", "1", "XLA default"), ("jacobian call", "4", "loops captured")]
+    for program, _, options in rows:
+        time_ms, ratio, compile_s, in_steps = (float(v) for v in rows[program, _, options])
+        assert time_ms > 0 and compile_s > 0 and in_steps > 0
+    assert float(rows["jacobian call", "1", "XLA default"][1]) == 1.0  # the reference row
 
 
 @pytest.mark.xdist_group("bench-smoke-runs")

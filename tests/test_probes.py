@@ -155,6 +155,12 @@ def test_jacobian_families_and_seeds():
     before = probes._jacobian_stats_program.cache_info().misses
     probes.jacobian_stats_seeds(graphdef, p_S, r_S, batch["inputs"], key, only_jac)
     assert probes._jacobian_stats_program.cache_info().misses == before
+    # Unrolling the end-to-end scans (the GPU's default) is a speed choice: the same values, with a
+    # remainder (2 into 3 layers) and past the depth (4).
+    for unroll in (2, 4):
+        unrolled = probes.jacobian_stats_seeds(graphdef, p_S, r_S, batch["inputs"], key, only_jac, unroll=unroll)
+        for k in both:
+            np.testing.assert_allclose(unrolled[k], both[k], rtol=1e-5, err_msg=f"{k}, unroll {unroll}")
 
 
 # --- gradient norms by group vs explicit path lists ----------------------------------------------------
