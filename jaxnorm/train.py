@@ -39,6 +39,11 @@ def one_shot_options(runs_once: bool) -> dict | None:
     return {"xla_backend_optimization_level": 0} if runs_once and jax.default_backend() == "cpu" else None
 
 
+def probe_tokens(data: Dataset, probe_cfg: ProbeConfig) -> jax.Array:
+    """The fixed probe batch the Jacobian probes measure on, from a key independent of the training data."""
+    return data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
+
+
 def resolve_model_config(model_cfg: ModelConfig, data: Dataset) -> ModelConfig:
     """The model config a task implies: its vocabulary, sequence length and causality."""
     return model_cfg.replace(vocab_size=data.vocab_size, max_len=data.seq_len, causal=data.causal)
@@ -130,7 +135,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     state = _program("init", fns, data, B, mesh, once=True)(init_keys, jnp.float32(optim_cfg.lr),
                                                        None if active is None else jnp.int32(active))
     state, data_keys = sharding.shard_seeds((state, data_keys), mesh)
-    probe_tokens = data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
+    tokens = probe_tokens(data, probe_cfg)
     eval_fn = _program("eval", fns, data, B, mesh, train_cfg.eval_batches, train_cfg.z_loss, once=once)
     eval_key = jax.random.key(train_cfg.seed + 7919)
 
@@ -139,7 +144,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
 
     def run_jacobian(at_step: int) -> None:
         if probe_cfg.jacobian or probe_cfg.spectrum:
-            out = probes.jacobian_stats_seeds(fns.graphdef, state.params, state.rest, probe_tokens,
+            out = probes.jacobian_stats_seeds(fns.graphdef, state.params, state.rest, tokens,
                                               jax.random.key(PROBE_KEY + at_step), probe_cfg,
                                               one_shot_options(once))
             jac_rows.append(jax.tree.map(np.asarray, out))

@@ -120,9 +120,8 @@ class Setup:
     def jacobian_runner(self, probe_cfg: ProbeConfig) -> Callable[[], Any]:
         """A no-argument callable: the Jacobian probes of this setup's parameters, as `jaxnorm.train` calls them
         (its probe batch, `probe_cfg`'s sizes)."""
-        tokens = self.data.batch(jax.random.key(train_lib.PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
         return functools.partial(probes.jacobian_stats_seeds, self.fns.graphdef, self.state.params, self.state.rest,
-                                 tokens, jax.random.key(0), probe_cfg)
+                                 train_lib.probe_tokens(self.data, probe_cfg), jax.random.key(0), probe_cfg)
 
 
 def make_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
@@ -260,12 +259,12 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
             train_lib._programs.clear()
             probes._jacobian_stats_program.cache_clear()
             if kind == "jacobian":
-                return probes._jacobian_stats_program(fns.graphdef, probe_cfg, options)
+                return probes._jacobian_stats_program(fns.graphdef, probe_cfg, options, probes.end_to_end_unroll())
             return train_lib._program(kind, fns, data, B, sharding.train_mesh(S), *args, once=True)
         return make
 
     state = jax.eval_shape(fresh("init")(), init_keys, lr, active)
-    tokens = data.batch(jax.random.key(train_lib.PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
+    tokens = train_lib.probe_tokens(data, probe_cfg)
     programs = {
         "init": (fresh("init"), (init_keys, lr, active)),
         "measure (probed step, no update)": (fresh("measure"), (state, init_keys, data)),

@@ -70,8 +70,7 @@ def compiled_jacobian(setup, probe_cfg: ProbeConfig, unroll: int, options: dict)
     """(a runner of one Jacobian-probe call as `jaxnorm.train` makes it, with `unroll` and compiled with
     `options`, its compile seconds)."""
     graphdef, params, rest = setup.fns.graphdef, setup.state.params, setup.state.rest
-    tokens = setup.data.batch(jax.random.key(train_lib.PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
-    key = jax.random.key(0)
+    tokens, key = train_lib.probe_tokens(setup.data, probe_cfg), jax.random.key(0)
     program = jax.jit(jax.vmap(lambda p, r, t, k: probes.jacobian_stats(graphdef, p, r, t, k, probe_cfg, unroll),
                                in_axes=(0, 0, None, None)))
     t0 = time.perf_counter()

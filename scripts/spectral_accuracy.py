@@ -64,7 +64,7 @@ def accuracy_rows(depth: int, *, train_steps: int, tiny: bool = False, repeats: 
     setup = make_setup(model_cfg, optim_cfg, train_cfg, NO_PROBES)
     n = train_cfg.log_every
     chunk = setup.chunk(n, False)
-    tokens = setup.data.batch(jax.random.key(train_lib.PROBE_KEY), ProbeConfig().probe_batch, "eval")["inputs"]
+    tokens = train_lib.probe_tokens(setup.data, ProbeConfig())
     points, state, done = [], setup.state, 0  # (steps trained, state, exact per-layer norms, exact end to end)
     for target in sorted({0, train_steps}):
         while done < target:
