@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import textwrap
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -29,7 +28,7 @@ import pandas as pd
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from jaxnorm import results  # noqa: E402
+from jaxnorm import aggregate, outcome, results  # noqa: E402
 from jaxnorm.config import NORM_FREE_BLOCKS  # noqa: E402
 
 AXES = list(results.AXIS_COLUMNS)  # depth, block, norm, attention, optimizer, clip, lr
@@ -136,18 +135,12 @@ def colors(n: int, cmap: str = "viridis") -> list:
 
 def mean_band(ax, x: np.ndarray, y_SxN: np.ndarray, *, label: str | None = None, color=None,
               log: bool = False, **line_kw) -> None:
-    """Mean over seeds (axis 0) as a line; the min–max range over seeds as a band when there are several.
-    Non-finite values (a diverged seed) are left out; on a log axis so are values <= 0, and the line is the
-    geometric mean (seeds' gradient norms differ by factors, not offsets)."""
-    y = np.asarray(y_SxN, dtype=np.float64)
-    y = np.atleast_2d(y)
-    y = np.where(np.isfinite(y) & ((y > 0) if log else True), y, np.nan)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-diverged step is data, not a problem
-        mean = np.exp(np.nanmean(np.log(y), axis=0)) if log else np.nanmean(y, axis=0)
-        lo, hi = np.nanmin(y, axis=0), np.nanmax(y, axis=0)
-    (line,) = ax.plot(x, mean, label=label, color=color, **line_kw)
-    if y.shape[0] > 1:
+    """The seeds' aggregate (axis 0) as a line and their spread as a band, by the one rule of
+    `jaxnorm.aggregate`: on a log axis (norms) the geometric mean, else the mean; non-finite values (a
+    diverged seed) are left out, and on a log axis so are values <= 0."""
+    center, lo, hi = aggregate.profile(y_SxN, geometric=log)
+    (line,) = ax.plot(x, center, label=label, color=color, **line_kw)
+    if np.atleast_2d(np.asarray(y_SxN)).shape[0] > 1:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
 
 
@@ -156,6 +149,13 @@ def legend(ax, n: int | None = None, **kw) -> None:
     if handles:
         n = n or len(handles)
         ax.legend(fontsize="small" if n <= 8 else "x-small", ncol=1 if n <= 10 else 2, framealpha=0.7, **kw)
+
+
+def outside_legend(fig: Figure, ax, **kw) -> None:
+    """`ax`'s legend entries in one legend to the right of the figure's panels, where it covers no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small", framealpha=0.7, **kw)
 
 
 def suptitle(fig: Figure, title: str, caption: str = "") -> None:
@@ -176,8 +176,7 @@ def save(fig: Figure, path: Path) -> Path:
 # File name -> what it shows (the report's captions, in the report's order).
 FIGURES = {
     "loss_vs_depth.png": "Final training loss vs depth (× = a diverged seed, drawn at its initial loss).",
-    "stability_map.png": "Fraction of runs that trained, per depth and block (trained = not diverged and final "
-                         "loss below half the initial loss).",
+    "stability_map.png": "Fraction of runs that trained, per depth and block (" + outcome.describe() + ").",
     "loss_curves.png": "Training loss vs step for every cell (mean over seeds, band = min–max).",
     "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ at initialisation and at the end.",
     "act_grad_profile.png": "Residual-stream gradient ‖∂loss/∂x_l‖ per layer at initialisation and at the end.",
@@ -197,7 +196,7 @@ def figure_makers() -> dict[str, Callable[[pd.DataFrame, Mapping, Callable[[], p
     return {
         "loss_vs_depth.png": lambda df, lay, met: pt.loss_vs_depth(df),
         "stability_map.png": lambda df, lay, met: pt.stability_map(df),
-        "loss_curves.png": lambda df, lay, met: pt.loss_curves(met()),
+        "loss_curves.png": lambda df, lay, met: pt.loss_curves(met(), df=df),
         "grad_profile.png": lambda df, lay, met: pl.grad_profile(df, lay),
         "act_grad_profile.png": lambda df, lay, met: pl.act_grad_profile(df, lay),
         "jacobian_profile.png": lambda df, lay, met: pl.jacobian_profile(df, lay),

@@ -13,24 +13,20 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from jaxnorm import results
-from jaxnorm.plots import cells_of, colors, fix_others, grid, label_of, legend, mean_band, suptitle, values, varying
+from jaxnorm import aggregate, outcome, results
+from jaxnorm.outcome import has_training, trained  # noqa: F401 (the figures' names for them)
+from jaxnorm.plots import (cells_of, colors, fix_others, grid, label_of, legend, mean_band, outside_legend, suptitle,
+                           values, varying)
 
-# A run "trained" if it did not diverge and its final loss is below this fraction of its initial loss.
-# Half is a clear bar on every task here: it is far from chance (the initial loss) and far from the
-# best loss a working model reaches (reverse/sort/copy go to ~0, char-level lm to ~1/3 of ln 256).
-TRAINED_FRACTION = 0.5
 LINESTYLES = ("-", "--", ":", "-.")
+CHANCE_STYLE = dict(color="grey", linestyle=":", linewidth=1.2)
 
 
-def trained(df: pd.DataFrame) -> pd.Series:
-    """Per (cell, seed) row: not diverged, finite final loss < TRAINED_FRACTION × initial loss."""
-    loss = df["final_loss"].astype(float)
-    return ~df["diverged"].astype(bool) & np.isfinite(loss) & (loss < TRAINED_FRACTION * df["initial_loss"])
-
-
-def has_training(df: pd.DataFrame) -> bool:
-    return not df.empty and "steps" in df and bool((df["steps"].fillna(0) > 0).any())
+def chance_line(ax, df: pd.DataFrame) -> None:
+    """A horizontal line at the task's chance loss (`jaxnorm.outcome.chance_loss`), labelled once."""
+    chance = outcome.chance_losses(df).dropna().unique() if len(df) else []
+    for i, c in enumerate(sorted(chance)):
+        ax.axhline(c, label="chance (uniform guess)" if i == 0 else None, **CHANCE_STYLE)
 
 
 def capped_loss(df: pd.DataFrame, loss: str = "final_loss") -> pd.Series:
@@ -84,27 +80,34 @@ def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
             best = pts.groupby(["depth", "lr"])["_capped"].mean().reset_index()
             best = best.loc[best.groupby("depth")["_capped"].idxmin()]
             rows = pts.merge(best[["depth", "lr"]], on=["depth", "lr"])
-            ok, bad = rows[~rows.diverged.astype(bool)], rows[rows.diverged.astype(bool)]
             depths = values(rows, "depth")
-            per_depth = [ok[ok.depth == d]["final_loss"].astype(float).to_numpy() for d in depths]
-            width = max((len(v) for v in per_depth), default=1) or 1
-            y = np.full((width, len(depths)), np.nan)
-            for j, v in enumerate(per_depth):
-                y[:len(v), j] = v
-            mean_band(ax, np.asarray(depths, dtype=float), y, label=" ".join(map(str, line)), color=color[line],
-                      marker="o", markersize=4)
+            for col, style in (("final_loss", "-"), ("final_eval_loss", "--")):
+                if col not in rows or not np.isfinite(rows[col].astype(float)).any():
+                    continue
+                agg = [aggregate.column_aggregate(rows[rows.depth == d], col) for d in depths]
+                y = np.array([a.value for a in agg])
+                ax.plot(depths, y, color=color[line], linestyle=style, marker="o" if style == "-" else "s",
+                        markersize=4, label=" ".join(map(str, line)) if style == "-" else None)
+                if rows["seed"].nunique() > 1:
+                    ax.fill_between(depths, [a.lo for a in agg], [a.hi for a in agg], color=color[line],
+                                    alpha=0.15 if style == "-" else 0.07, linewidth=0)
+            bad = rows[rows.diverged.astype(bool)]
             if not bad.empty:
                 ax.scatter(bad.depth, bad.initial_loss, marker="x", s=50, color=color[line], zorder=3)
+        chance_line(ax, sub)
         ax.set_xscale("log", base=2)
         ax.set_xticks(values(df, "depth"), [str(d) for d in values(df, "depth")])
         ax.set_xlabel("depth L (number of blocks)")
         ax.set_title(_panel_title(df, panel_cols, pkey), fontsize="small")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("final train loss (nats/token)")
-    axes[0, 0].scatter([], [], marker="x", color="k", label="diverged seed (at its initial loss)")
-    legend(axes[0, 0])
+    axes[0, 0].set_ylabel("final loss (nats/token)")
+    axes[0, 0].plot([], [], color="k", linestyle="--", marker="s", markersize=4, label="eval loss (dashed)")
+    if df["diverged"].astype(bool).any():
+        axes[0, 0].scatter([], [], marker="x", color="k", label="diverged seed (at its initial loss)")
+    outside_legend(fig, axes[0, 0])
     lr_note = "best lr per point" if df["lr"].nunique() > 1 else ""
-    suptitle(fig, "Final training loss vs depth (mean over seeds that did not diverge, band = min–max)", lr_note)
+    suptitle(fig, "Final loss vs depth: train (solid) and eval (dashed), mean over seeds that did not diverge, "
+             "band = spread over seeds", lr_note)
     return fig
 
 
@@ -136,13 +139,13 @@ def stability_map(df: pd.DataFrame) -> Figure | None:
         ax.set_title(_panel_title(df, panel_cols, pkey), fontsize="small")
     fig.colorbar(image, ax=axes[0, -1], label="fraction of runs that trained")
     suptitle(fig, "Stability map: runs that trained / runs",
-             f"trained = not diverged and final loss < {TRAINED_FRACTION:g} × initial loss; "
-             "pooled over seeds, learning rates, norms, attentions")
+             f"{outcome.describe()}; pooled over seeds, learning rates, norms, attentions")
     return fig
 
 
-def loss_curves(metrics: pd.DataFrame, panel: str = "block") -> Figure | None:
-    """Train loss vs step, one panel per block, one line per cell (colour = depth, style = the other axes)."""
+def loss_curves(metrics: pd.DataFrame, panel: str = "block", df: pd.DataFrame | None = None) -> Figure | None:
+    """Train loss vs step, one panel per block, one line per cell (colour = depth, style = the other axes);
+    eval loss as squares at the evaluation steps; the task's chance loss (from `df`, `results.load`) dotted."""
     if metrics.empty or "loss" not in metrics or metrics["step"].max() <= 0:
         return None
     m = metrics.dropna(subset=["loss"])
@@ -160,13 +163,23 @@ def loss_curves(metrics: pd.DataFrame, panel: str = "block") -> Figure | None:
             k = style[d] = style.get(d, -1) + 1
             mean_band(ax, table.index.to_numpy(), table.to_numpy().T, color=color[d],
                       linestyle=LINESTYLES[k % len(LINESTYLES)], label=label_of(cell.iloc[0], label_cols))
+            evals = metrics[(metrics.cell_id == cid)].dropna(subset=["eval_loss"]) if "eval_loss" in metrics else None
+            if evals is not None and not evals.empty:
+                ev = evals.pivot_table(index="step", columns="seed", values="eval_loss", aggfunc="first")
+                center, _, _ = aggregate.profile(ev.to_numpy().T, geometric=False)
+                ax.plot(ev.index.to_numpy(), center, color=color[d], linestyle="none", marker="s", markersize=4,
+                        markerfacecolor="white")
+        if df is not None:
+            chance_line(ax, df[df[panel] == p] if panel in df else df)
+        ax.plot([], [], color="k", linestyle="none", marker="s", markerfacecolor="white", label="eval loss")
         ax.set_ylim(0, ymax)
         ax.set_xlabel("step")
         ax.set_title(f"{panel}={p}", fontsize="small")
         ax.grid(alpha=0.3)
-        legend(ax, n=sub.cell_id.nunique())
-    axes[0, 0].set_ylabel("train loss (nats/token)")
-    suptitle(fig, "Training loss (mean over seeds, band = min–max; y clipped at 1.3 × the initial loss)")
+        legend(ax, n=sub.cell_id.nunique() + 2, loc="lower left")
+    axes[0, 0].set_ylabel("loss (nats/token)")
+    suptitle(fig, "Training loss (mean over seeds, band = spread over seeds; squares: eval loss; "
+             "y clipped at 1.3 × the initial loss)")
     return fig
 
 

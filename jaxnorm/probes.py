@@ -28,11 +28,11 @@ from jaxnorm import model as model_lib
 from jaxnorm.config import ProbeConfig
 from jaxnorm.paths import path_names
 
-GROUPS = ("attn_qk", "attn_vo", "mlp", "norm", "all")
+GROUPS = ("attn_qk", "attn_vo", "mlp_in", "mlp_out", "norm", "all")
 # Sub-module name -> group. Leaves under none of these and under no norm (rezero_alpha, admin_omega,
 # σReparam's gamma_*, cosine attention's logit_scale) are counted in `all` only.
 _SUBMODULE_GROUP = {"query": "attn_qk", "key": "attn_qk", "value": "attn_vo", "out": "attn_vo",
-                    "fc1": "mlp", "fc2": "mlp"}
+                    "fc1": "mlp_in", "fc2": "mlp_out"}  # mlp_out = W2, the matrix of Xiong et al. 2020 Fig. 3
 _TINY = 1e-12  # guards ratios whose denominator can be exactly zero (a zero update, J v = 0)
 
 

@@ -1,5 +1,7 @@
-"""`write_report(run_dir)` -> <run_dir>/report.md: what was run, the results table, observations computed
-from the results, the LR-sensitivity table and the figures that exist in <run_dir>/figures/.
+"""`write_report(run_dir)` -> <run_dir>/report.md: the findings first (computed from the results by
+`jaxnorm.findings`), then what was run, the results table (every number aggregated over seeds by the one
+rule of `jaxnorm.aggregate`, with its spread), the LR-sensitivity table and the figures that exist in
+<run_dir>/figures/.
 
 Run `plots.draw_all(run_dir)` first (scripts/plot_sweep.py does both); the report links only figures on disk.
 """
@@ -7,39 +9,52 @@ Run `plots.draw_all(run_dir)` first (scripts/plot_sweep.py does both); the repor
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from jaxnorm import results
+from jaxnorm import aggregate, findings, outcome, results, rundir
 from jaxnorm.plots import FIGURES, check_run_dir
-from jaxnorm.plots_training import TRAINED_FRACTION, has_training, trained
 
 SPEC_AXES = ("depths", "blocks", "norms", "attentions", "optimizers", "clips", "lrs", "seeds")
+# Results-table columns: (results column, heading). Each is shown as "value (lo–hi)" over seeds.
+TRAINING_COLUMNS = (("final_loss", "final train loss"), ("final_accuracy", "train accuracy"),
+                    ("final_eval_loss", "eval loss"), ("grad_decades_init", "∇ decades, init"),
+                    ("grad_decades_final", "∇ decades, end"), ("grad_decades_mlp_out_final", "W2 ∇ decades, end"),
+                    ("grad_ratio_final", "first/last ∇, end"))
+INIT_COLUMNS = (("grad_decades_init", "∇ decades"), ("grad_decades_mlp_out_init", "W2 ∇ decades"),
+                ("act_grad_decades_init", "∂x ∇ decades"), ("grad_ratio_init", "first/last ∇"),
+                ("jac_end_to_end_init", "‖∂x_L/∂x_0‖₂"), ("token_alignment_last_init", "token alignment, last"))
 
 
-def _fmt(v, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+def fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
         return "—"
     if isinstance(v, (float, np.floating)):
         return f"{v:.{digits}g}"
     return str(v)
 
 
+def with_spread(value: float, lo: float, hi: float) -> str:
+    if not np.isfinite(value):
+        return "—"
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
+        return fmt(value)
+    return f"{fmt(value)} ({fmt(lo)} to {fmt(hi)})"
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
-    return head + "".join("| " + " | ".join(_fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+    return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))
 
 
 def spec_section(sweep: dict, done: int) -> str:
     spec, env = sweep.get("spec", {}), sweep.get("environment", {})
-    argv = env.get("argv")
+    command = env.get("command") or (" ".join(map(str, env["argv"])) if env.get("argv") else None)
     lines = ["## What was run", ""]
-    if argv:
-        lines += [f"Command: `{' '.join(map(str, argv))}`", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
     lines += [f"Cells finished: {done} / {sweep.get('num_cells', '?')}", ""]
     for axis in SPEC_AXES:
         if axis in spec:
@@ -56,97 +71,61 @@ def spec_section(sweep: dict, done: int) -> str:
 
 
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per cell; `diverged` = diverged seeds / seeds."""
-    g = df.groupby("cell_id", sort=False)
-    first = g[results.AXIS_COLUMNS].first()
-    table = first.assign(
-        final_train_loss=g["final_loss"].mean(), final_eval_loss=g["final_eval_loss"].mean(),
-        diverged=g["diverged"].sum().astype(int).astype(str) + "/" + g.size().astype(str),
-        grad_ratio_init=g["grad_ratio_init"].mean(), grad_ratio_final=g["grad_ratio_final"].mean())
+    """One row per cell: the axes that vary (block and depth always), then each column of TRAINING_COLUMNS
+    (or INIT_COLUMNS for an initialisation-only sweep) as "aggregate (min–max or bootstrap interval)"."""
+    cells = aggregate.cell_table(df)
+    axes = ["block", "depth", *[c for c in results.AXIS_COLUMNS if c not in ("block", "depth") and df[c].nunique() > 1]]
+    table = cells[axes].copy()
+    if outcome.has_training(df):
+        ok = df.assign(_t=outcome.trained(df)).groupby("cell_id", sort=False)["_t"].sum()
+        table["diverged"] = cells["diverged"].astype(str) + "/" + cells["seeds"].astype(str)
+        table["trained"] = ok.reindex(cells.cell_id).astype(int).to_numpy().astype(str) + "/" + cells["seeds"].astype(str)
+        columns = TRAINING_COLUMNS
+    else:
+        columns = INIT_COLUMNS
+    for col, heading in columns:
+        if col in cells:
+            table[heading] = [with_spread(v, lo, hi) for v, lo, hi in
+                              zip(cells[col], cells[f"{col}_lo"], cells[f"{col}_hi"])]
     return table.reset_index(drop=True)
-
-
-def observations(df: pd.DataFrame) -> list[str]:
-    """Sentences computed from the results (nothing here is canned: each names cells and numbers)."""
-    out: list[str] = []
-    per_cell = df.groupby("cell_id", sort=False)
-    if has_training(df):
-        df = df.assign(_trained=trained(df))
-        out.append(f"'Trained' means: did not diverge and final train loss < {TRAINED_FRACTION:g} × initial loss.")
-        for block, b in df.groupby("block", sort=False):
-            ok_depths = [d for d, bd in b.groupby("depth") if bd["_trained"].all()]
-            counts = b.groupby("depth")["_trained"].agg(["sum", "size"])
-            if ok_depths:
-                out.append(f"`{block}` trained on all seeds of every cell up to depth L={max(ok_depths)} "
-                           f"(depths where it did: {', '.join(map(str, ok_depths))}).")
-            else:
-                best = counts["sum"].idxmax()
-                out.append(f"`{block}` trained on all seeds at no depth (best: {int(counts.loc[best, 'sum'])}/"
-                           f"{int(counts.loc[best, 'size'])} runs at L={best}).")
-        div = df[df["diverged"].astype(bool)]
-        if div.empty:
-            out.append(f"No run diverged ({len(df)} runs).")
-        else:
-            first = div.sort_values("diverged_step").iloc[0]
-            out.append(f"{len(div)} of {len(df)} runs diverged; earliest: `{first.cell_id}` seed {first.seed} at "
-                       f"step {_fmt(first.diverged_step)}.")
-        deepest = df[df.depth == df.depth.max()]
-        best = deepest.groupby("cell_id", sort=False)["final_loss"].mean().dropna()
-        if len(best):
-            cid = best.idxmin()
-            out.append(f"Lowest mean final loss at the deepest depth L={df.depth.max()}: `{cid}` ({best.min():.4g}).")
-    ratio = per_cell["grad_ratio_init"].mean().dropna()
-    if len(ratio):
-        hi, lo = ratio.idxmax(), ratio.idxmin()
-        axes = per_cell[["block", "depth"]].first()
-        out.append(f"Largest first/last-layer gradient ratio at init: `{axes.loc[hi, 'block']}` at depth "
-                   f"L={axes.loc[hi, 'depth']} ({ratio.max():.3g}); smallest: `{axes.loc[lo, 'block']}` at "
-                   f"L={axes.loc[lo, 'depth']} ({ratio.min():.3g}). (< 1: the first layers get less gradient.)")
-    e2e = per_cell["jac_end_to_end_init"].mean().dropna() if "jac_end_to_end_init" in df else pd.Series()
-    if len(e2e):
-        axes = per_cell[["block", "depth"]].first()
-        out.append(f"Largest end-to-end Jacobian norm ‖∂x_L/∂x_0‖₂ at init: `{axes.loc[e2e.idxmax(), 'block']}` at "
-                   f"L={axes.loc[e2e.idxmax(), 'depth']} ({e2e.max():.3g}); smallest: "
-                   f"`{axes.loc[e2e.idxmin(), 'block']}` at L={axes.loc[e2e.idxmin(), 'depth']} ({e2e.min():.3g}).")
-    sens = results.lr_sensitivity(df) if has_training(df) else pd.DataFrame()
-    if len(sens):
-        top, low = sens.loc[sens.lr_sensitivity.idxmax()], sens.loc[sens.lr_sensitivity.idxmin()]
-        out.append(f"Most LR-sensitive: `{top.block}` at L={top.depth} ({top.lr_sensitivity:.3g}); least: "
-                   f"`{low.block}` at L={low.depth} ({low.lr_sensitivity:.3g}).")
-    return out
 
 
 def render(run_dir: Path) -> str:
     sweep = json.loads((run_dir / "sweep.json").read_text())
     df = results.load(run_dir)
-    parts = [f"# jaxnorm sweep report: {run_dir.name}", "", spec_section(sweep, df.cell_id.nunique() if len(df) else 0)]
+    parts = [f"# jaxnorm sweep report: {run_dir.name}", ""]
     if df.empty:
-        return "\n".join(parts + ["No finished cells yet.", ""])
-    parts += ["## Results (mean over seeds per cell)", "", markdown_table(results_table(df)),
-              "grad ratio = ‖∇θ first layer‖ / ‖∇θ last layer‖ (< 1: vanishing towards the input).", "",
-              "## Observations", "", *[f"- {o}" for o in observations(df)], ""]
-    sens = results.lr_sensitivity(df) if has_training(df) else pd.DataFrame()
+        return "\n".join(parts + [spec_section(sweep, 0), "No finished cells yet.", ""])
+    figures = {name for name in FIGURES if (run_dir / "figures" / name).is_file()}
+    parts += ["## Findings", "", *[f"{i}. {f}" for i, f in enumerate(findings.findings(df, figures), 1)], "",
+              spec_section(sweep, df.cell_id.nunique()),
+              "## Results", "", markdown_table(results_table(df)),
+              f"Each number is aggregated over a cell's seeds: {aggregate_rule()} Spread in parentheses "
+              f"(min–max over seeds; 95% bootstrap interval with ≥ {aggregate.BOOTSTRAP_MIN_SEEDS} seeds). "
+              "∇ decades = least-squares slope of log10‖∂loss/∂θ_l‖ over relative depth, i.e. decades of "
+              "gradient growth from the input layer to the output layer (> 0: the input layers get less "
+              "gradient). W2 = the MLP's output matrix; ∂x = the residual-stream gradient ‖∂loss/∂x_l‖.", ""]
+    if outcome.has_training(df):
+        parts += [f"{outcome.describe()[0].upper()}{outcome.describe()[1:]}.", ""]
+    sens = results.lr_sensitivity(df) if outcome.has_training(df) else pd.DataFrame()
     if len(sens):
         parts += ["## LR sensitivity (Wortsman et al. 2023, §3.2)", "", markdown_table(sens), ""]
-    figures = [(name, text) for name, text in FIGURES.items() if (run_dir / "figures" / name).is_file()]
     if figures:
         parts += ["## Figures", ""]
-        for name, text in figures:
-            parts += [f"### {name[:-4]}", "", text, "", f"![{name[:-4]}](figures/{name})", ""]
+        for name, text in FIGURES.items():
+            if name in figures:
+                parts += [f"### {name[:-4]}", "", text, "", f"![{name[:-4]}](figures/{name})", ""]
     return "\n".join(parts)
 
 
+def aggregate_rule() -> str:
+    return ("losses and accuracies are means, norms and ratios geometric means, decades means; "
+            "end-of-training numbers leave out diverged seeds.")
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write <run_dir>/report.md atomically (tmp file + os.replace); returns its path."""
+    """Write <run_dir>/report.md atomically; returns its path."""
     run_dir = check_run_dir(run_dir)
     path = run_dir / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.md.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(render(run_dir))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    rundir.atomic_write_bytes(path, render(run_dir).encode())
     return path

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 AXIS_COLUMNS = ["depth", "block", "norm", "attention", "optimizer", "clip", "lr"]
-CONFIG_COLUMNS = {"train": ["task", "steps", "batch_size", "seq_len"], "model": ["d_model", "num_heads", "d_ff"]}
+CONFIG_COLUMNS = {"train": ["task", "steps", "batch_size", "seq_len", "num_symbols"],
+                  "model": ["d_model", "num_heads", "d_ff", "vocab_size"]}
 TIMING_COLUMNS = ["compile_s", "run_s", "steps_per_s", "wall_s"]
 GROUP_COLUMNS = ["block", "depth", "optimizer", "norm", "attention", "clip"]
 
@@ -120,16 +121,32 @@ def lr_sensitivity(df: pd.DataFrame, loss: str = "final_loss") -> pd.DataFrame:
 
 
 def summary_table(df: pd.DataFrame) -> str:
-    """One line per cell (its id spells its axes): mean final loss over the seeds that did not diverge, diverged count, and the
-    median first/last-layer gradient ratio at initialisation and at the end."""
+    """The console's table: one line per cell (its id spells its axes), aggregated over seeds by the one rule
+    of `jaxnorm.aggregate` (the report's table shows the same numbers with their spread).
+
+    After training: mean final loss and accuracy (seeds that did not diverge), diverged and trained seeds
+    (`jaxnorm.outcome`), and the gradient growth from input to output in decades at initialisation and at
+    the end (`grad_decades_*`, all parameters). Initialisation only (steps = 0): the gradient and residual-
+    stream growth in decades, the first/last-layer gradient ratio and the end-to-end Jacobian norm."""
+    from jaxnorm import aggregate, outcome
+
     if df.empty:
         return "(no finished cells)"
-    ok = df[~df["diverged"].astype(bool)]
-    g = df.groupby("cell_id", sort=False)
-    table = pd.DataFrame(index=g.size().index)
-    table["final_loss"] = ok.groupby("cell_id", sort=False)["final_loss"].mean()
-    table["diverged"] = g["diverged"].sum().astype(int).astype(str) + "/" + g["diverged"].size().astype(str)
-    table["grad_ratio_init"] = g["grad_ratio_init"].median()
-    table["grad_ratio_final"] = g["grad_ratio_final"].median()
+    cells = aggregate.cell_table(df).set_index("cell_id")
+    table = pd.DataFrame(index=cells.index)
+    if outcome.has_training(df):
+        ok = df.assign(_trained=outcome.trained(df)).groupby("cell_id", sort=False)["_trained"].sum()
+        table["final_loss"] = cells["final_loss"]
+        table["accuracy"] = cells["final_accuracy"]
+        table["diverged"] = cells["diverged"].astype(str) + "/" + cells["seeds"].astype(str)
+        table["trained"] = ok.reindex(cells.index).astype(int).astype(str) + "/" + cells["seeds"].astype(str)
+        columns = {"grad_decades_init": "grad_decades_init", "grad_decades_final": "grad_decades_final",
+                   "grad_ratio_final": "grad_ratio_final"}
+    else:
+        columns = {"grad_decades_init": "grad_decades", "act_grad_decades_init": "act_grad_decades",
+                   "grad_ratio_init": "grad_ratio", "jac_end_to_end_init": "jac_end_to_end"}
+    for col, name in columns.items():
+        if col in cells:
+            table[name] = cells[col]
     with pd.option_context("display.max_rows", None, "display.width", 250, "display.float_format", "{:.4g}".format):
         return table.to_string()

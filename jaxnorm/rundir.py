@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -35,12 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxnorm.cell_stats import FINAL_WINDOW, summarize_seed  # noqa: F401 (FINAL_WINDOW re-exported)
 from jaxnorm.config import ConfigError
 from jaxnorm.history import History
 from jaxnorm.sweep_spec import Cell, SweepSpec, spec_to_dict
 
 FORMAT_VERSION = 1
-FINAL_WINDOW = 10  # final/best train loss and accuracy are means over this many consecutive steps
 METRIC_KEYS = ("loss", "accuracy", "grad_norm", "grad_norm_clipped", "clipped", "update_norm", "lr", "log_z")
 
 
@@ -51,6 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared run directory needs the umask's
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -61,6 +63,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _test_write_delay(path: Path) -> None:
@@ -117,7 +126,15 @@ def environment() -> dict[str, Any]:
             "device_kind": device.device_kind, "device_count": jax.device_count(),
             "local_device_count": jax.local_device_count(),
             "process_count": jax.process_count(), "host": platform.node(), "argv": sys.argv,
+            "command": typed_command(),
             "git_commit": git_commit or None}
+
+
+def typed_command() -> str:
+    """The command line as the user typed it (`python -m experiments.depth_sweep --depths 2,8`), not the
+    resolved script path of sys.argv; the interpreter is written as `python`."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return shlex.join(["python", *argv[1:]])
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -205,86 +222,6 @@ def layer_arrays(h: History) -> dict[str, np.ndarray]:
                   jacobian_steps=np.asarray(h.jacobian_steps), eval_steps=np.asarray(h.eval_steps),
                   eval_loss=np.asarray(h.eval_loss), eval_accuracy=np.asarray(h.eval_accuracy))
     return arrays
-
-
-def _ratio(arr: np.ndarray | None, index: int, s: int) -> float | None:
-    """‖first layer‖ / ‖last layer‖ of a [steps, S, L] array at one step; < 1 means the first layers
-    get less gradient than the last (vanishing towards the input), > 1 the opposite."""
-    if arr is None or arr.shape[0] == 0:
-        return None
-    row = arr[index, s]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(row[0] / row[-1])
-
-
-def _window_mean(x: np.ndarray, w: int) -> np.ndarray:
-    """Means of every run of w consecutive values (len(x) − w + 1 of them)."""
-    c = np.cumsum(np.concatenate([[0.0], x.astype(np.float64)]))
-    return (c[w:] - c[:-w]) / w
-
-
-def _layer_max(arr: np.ndarray | None, step: Any, s: int, reduce: Any = np.nanmax) -> float | None:
-    """Max (or `reduce`) over everything but the logged-step and seed axes (layers, heads) at `step`;
-    None when nothing there is finite (a diverged seed), rather than numpy's all-NaN warning."""
-    if arr is None:
-        return None
-    with np.errstate(all="ignore"):
-        v = np.asarray(arr[step])
-        v = v[:, s] if isinstance(step, slice) else v[s]
-        return float(reduce(v[np.isfinite(v)])) if np.isfinite(v).any() else None
-
-
-def _last_layer(arr: np.ndarray | None, step: int, s: int) -> float | None:
-    return None if arr is None else float(arr[step, s, -1])
-
-
-def summarize_seed(h: History, s: int) -> dict[str, Any]:
-    """The per-seed numbers of results.csv (see `summarize`)."""
-    loss, acc = h.metrics["loss"][:, s], h.metrics["accuracy"][:, s]
-    n = loss.shape[0]
-    w = max(1, min(FINAL_WINDOW, n))
-    div_step = int(h.diverged_step[s])
-    before = loss[:div_step] if div_step >= 0 else loss
-    smooth = _window_mean(before, min(w, len(before))) if len(before) else np.array([np.nan])
-    with np.errstate(all="ignore"):
-        best = np.nanmin(smooth) if np.isfinite(smooth).any() else np.nan
-        gnorm = h.metrics["grad_norm"][:, s]
-        max_gnorm = np.nanmax(gnorm) if not np.isnan(gnorm).all() else np.nan
-    ev = h.eval_loss[:, s]
-    jac = h.jacobian
-    nonfinite = h.nonfinite[s] if s < len(h.nonfinite) else {}
-    return {
-        "seed": h.seeds[s],
-        "initial_loss": loss[0],
-        "final_loss": loss[-w:].mean(),
-        "best_loss": best,
-        "final_accuracy": acc[-w:].mean(),
-        "final_eval_loss": ev[-1] if len(ev) else None,
-        "best_eval_loss": (np.nanmin(ev) if np.isfinite(ev).any() else None) if len(ev) else None,
-        "final_eval_accuracy": h.eval_accuracy[-1, s] if len(ev) else None,
-        "diverged": bool(h.diverged[s]),
-        "diverged_step": div_step if div_step >= 0 else None,
-        "max_grad_norm": max_gnorm,
-        "final_grad_norm": gnorm[-1],
-        "final_log_z": h.metrics["log_z"][-1, s] if "log_z" in h.metrics else None,
-        "grad_ratio_init": _ratio(h.layers.get("grad_norm/all"), 0, s),
-        "grad_ratio_final": _ratio(h.layers.get("grad_norm/all"), -1, s),
-        "act_grad_ratio_init": _ratio(h.layers.get("act_grad_norm"), 0, s),
-        "act_grad_ratio_final": _ratio(h.layers.get("act_grad_norm"), -1, s),
-        "jac_spectral_max": _layer_max(jac.get("jac_spectral"), 0, s),
-        "jac_spectral_max_final": _layer_max(jac.get("jac_spectral"), -1, s),
-        "jac_end_to_end_init": jac["jac_end_to_end"][0, s] if "jac_end_to_end" in jac else None,
-        "jac_end_to_end_final": jac["jac_end_to_end"][-1, s] if "jac_end_to_end" in jac else None,
-        "attn_entropy_min_final": _layer_max(h.layers.get("attn_entropy"), -1, s, reduce=np.min),
-        "attn_logit_max_final": _layer_max(h.layers.get("attn_logit_max"), -1, s),
-        "token_alignment_last_init": _last_layer(h.layers.get("token_alignment"), 0, s),
-        "token_alignment_last_final": _last_layer(h.layers.get("token_alignment"), -1, s),
-        "branch_ratio_max_init": _layer_max(h.layers.get("branch_ratio"), 0, s),
-        "amplification_max": _layer_max(h.layers.get("amplification"), slice(None), s),
-        "nonfinite_step": nonfinite.get("step"),
-        "nonfinite_what": nonfinite.get("what"),
-        "nonfinite_layer": nonfinite.get("layer"),
-    }
 
 
 def summarize(h: History, cell: Cell, wall_s: float) -> dict[str, Any]:

@@ -171,7 +171,7 @@ def _leaves(modules, names=("kernel", "bias")):
 
 NORM_MODS = ("norm1", "norm2", "attn/q_norm", "attn/k_norm", "mlp/mid_norm", "norm_attn_out")
 QKVO_MLP = {"attn_qk": _leaves(("attn/query", "attn/key")), "attn_vo": _leaves(("attn/value", "attn/out")),
-            "mlp": _leaves(("mlp/fc1", "mlp/fc2"))}
+            "mlp_in": _leaves(("mlp/fc1",)), "mlp_out": _leaves(("mlp/fc2",))}
 # Per config: each group's block leaves (paths under encoder/blocks) written out by hand, plus those in `all` only.
 GROUP_CASES = {
     ("normformer", "qk_norm"): dict(QKVO_MLP, norm=_leaves(NORM_MODS, ("scale", "bias")), other={"attn/head_scale"}),
@@ -203,7 +203,7 @@ def test_group_norms_match_per_layer_slices(block, attention):
     for l in range(cfg.depth):
         sq = {g: sum(float(np.sum(leaves[prefix + p][l].astype(np.float64) ** 2)) for p in paths)
               for g, paths in expected.items()}
-        for g in ("attn_qk", "attn_vo", "mlp", "norm"):
+        for g in ("attn_qk", "attn_vo", "mlp_in", "mlp_out", "norm"):
             np.testing.assert_allclose(stats[f"grad_norm/{g}"][l], math.sqrt(sq[g]), rtol=1e-5, atol=1e-12,
                                        err_msg=f"{g} layer {l}")
         np.testing.assert_allclose(stats["grad_norm/all"][l], math.sqrt(sum(sq.values())), rtol=1e-5)

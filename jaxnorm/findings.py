@@ -1,0 +1,219 @@
+"""The findings that open report.md: 3–6 sentences a researcher would write in a results paragraph, each
+computed from the results (nothing here is canned), naming cells and numbers and the figure that shows it.
+
+Every number is aggregated over seeds by `jaxnorm.aggregate`; "trained" is `jaxnorm.outcome.trained`.
+Where several cells share a block and depth (other optimizers, clippings, learning rates), a placement's
+finding uses the one with the lowest mean final loss (at initialisation: the first in the sweep), and
+names it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from jaxnorm import aggregate, outcome, results
+
+MAX_FINDINGS = 6
+ONE_DECADE = 1.0  # |gradient growth| from which a profile counts as vanishing/exploding towards the input
+
+
+def _f(v: float, digits: int = 3) -> str:
+    return f"{v:.{digits}g}" if np.isfinite(v) else "—"
+
+
+def _spread(cells: pd.DataFrame, cid: str, col: str) -> str:
+    row = cells.loc[cid]
+    lo, hi = row[f"{col}_lo"], row[f"{col}_hi"]
+    return f" (seeds {_f(lo)} to {_f(hi)})" if np.isfinite(lo) and np.isfinite(hi) and lo != hi else ""
+
+
+def _figure(names: Iterable[str], figures: set[str]) -> str:
+    shown = [n for n in names if n in figures]
+    return (" — " + ", ".join(f"[{n[:-4]}](figures/{n})" for n in shown)) if shown else ""
+
+
+def representative(cells: pd.DataFrame, training: bool) -> pd.DataFrame:
+    """One cell per (block, depth): the lowest mean final loss after training, else the first cell."""
+    cells = cells.reset_index()
+    if training:
+        order = cells.assign(_key=cells["final_loss"].fillna(np.inf)).sort_values("_key", kind="stable")
+        picked = order.drop_duplicates(["block", "depth"])
+        return cells[cells.cell_id.isin(picked.cell_id)].set_index("cell_id")
+    return cells.drop_duplicates(["block", "depth"]).set_index("cell_id")
+
+
+def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures: set[str],
+                     stream: bool = False) -> str | None:
+    """Which placement loses gradient towards the input, from which depth, by how many decades (of the
+    parameter gradient, or with `stream` of the residual-stream gradient ∂loss/∂x_l)."""
+    prefix = "act_grad_decades" if stream else "grad_decades"
+    col = f"{prefix}_{when}"
+    quantity = "the residual-stream gradient ‖∂loss/∂x_l‖" if stream else "‖∂loss/∂θ_l‖"
+    if col not in rep or not np.isfinite(rep[col]).any():
+        return None
+    deepest = int(rep.depth.max())
+    at = rep[rep.depth == deepest].dropna(subset=[col]).sort_values(col, ascending=False)
+    if at.empty:
+        return None
+    worst_id = at.index[0]
+    worst = at.iloc[0]
+    stage = "after training" if when == "final" else "at initialisation"
+    others = ", ".join(f"`{r.block}` {_f(r[col])}" for _, r in at.iloc[1:].iterrows())
+    text = (f"{stage.capitalize()}, `{worst.block}` at L={deepest} has the steepest gradient profile: "
+            f"{quantity} grows {_f(worst[col])} decades from the input layer to the output layer"
+            f"{_spread(cells, worst_id, col)}")
+    if when == "final" and f"{prefix}_init" in rep:
+        text += f", against {_f(worst[f'{prefix}_init'])} at initialisation"
+    text += (f" (other placements at L={deepest}: {others})" if others else "") + "."
+    block_rows = rep[rep.block == worst.block].sort_values("depth")
+    steep = block_rows[block_rows[col] >= ONE_DECADE]
+    if worst[col] >= ONE_DECADE and len(steep):
+        text += (f" For `{worst.block}` the input layers get less than a tenth of the output layers' gradient "
+                 f"from L={int(steep.depth.iloc[0])} on.")
+    elif worst[col] < ONE_DECADE:
+        text += " No placement loses a full decade of gradient towards the input at this depth."
+    flat = at[np.abs(at[col]) < ONE_DECADE / 2]
+    if len(flat) and worst[col] >= ONE_DECADE:
+        text += f" Within half a decade (flat): {', '.join(f'`{b}`' for b in flat.block)}."
+    return text + _figure(["grad_profile.png", "act_grad_profile.png"], figures)
+
+
+def trainability(df: pd.DataFrame, cells: pd.DataFrame, figures: set[str]) -> str | None:
+    """Which placements train at which depths (pooled over the other axes)."""
+    ok = df.assign(_t=outcome.trained(df))
+    threshold = outcome.trained_threshold(df)
+    if not np.isfinite(threshold).any():
+        best = cells["final_loss"].min()
+        return (f"No cell learned the task: the best mean final loss, {_f(best)}, is within "
+                f"{outcome.MIN_BEST_GAIN:.0%} of chance ({_f(outcome.chance_losses(df).iloc[0])})"
+                + _figure(["loss_vs_depth.png", "loss_curves.png"], figures) + ".")
+    parts = []
+    for block, b in ok.groupby("block", sort=False):
+        frac = b.groupby("depth")["_t"].mean()
+        all_d = [int(d) for d, f in frac.items() if f == 1]
+        none_d = [int(d) for d, f in frac.items() if f == 0]
+        some_d = [int(d) for d, f in frac.items() if 0 < f < 1]
+        phrase = []
+        if all_d:
+            phrase.append(f"every run trained at L={', '.join(map(str, all_d))}")
+        if some_d:
+            phrase.append(f"some at L={', '.join(map(str, some_d))}")
+        if none_d:
+            worst = b[b.depth == none_d[0]]
+            loss = aggregate.column_aggregate(worst, "final_loss").value
+            phrase.append(f"none at L={', '.join(map(str, none_d))} (final loss {_f(loss)} at L={none_d[0]}, "
+                          f"chance {_f(outcome.chance_losses(worst).iloc[0])})")
+        parts.append(f"`{block}`: " + "; ".join(phrase))
+    return ("Training succeeded (" + outcome.describe() + f", threshold {_f(float(np.nanmin(threshold)))} nats) — "
+            + ". ".join(parts) + _figure(["loss_vs_depth.png", "stability_map.png"], figures) + ".")
+
+
+def divergence(df: pd.DataFrame, figures: set[str]) -> str:
+    div = df[df["diverged"].astype(bool)]
+    if div.empty:
+        return f"No run diverged ({len(df)} runs)."
+    shown = []
+    for _, r in div.sort_values("diverged_step").head(3).iterrows():
+        what = r.get("nonfinite_what")
+        where = ""
+        if isinstance(what, str) and what != "none":
+            where = f"; first non-finite: {what}"
+            if np.isfinite(r.get("nonfinite_layer", np.nan)):
+                where += f" in layer {int(r['nonfinite_layer'])}"
+            if np.isfinite(r.get("nonfinite_step", np.nan)):
+                where += f" at step {int(r['nonfinite_step'])}"
+        shown.append(f"`{r.cell_id}` seed {int(r.seed)} at step {int(r.diverged_step)}{where}")
+    by_block = div.groupby("block", sort=False).size()
+    total = df.groupby("block", sort=False).size()
+    counts = ", ".join(f"`{b}` {n}/{total[b]}" for b, n in by_block.items())
+    return (f"{len(div)} of {len(df)} runs diverged ({counts}); earliest: " + "; ".join(shown)
+            + _figure(["loss_curves.png"], figures) + ".")
+
+
+def stability_by_optimizer(df: pd.DataFrame, figures: set[str]) -> str | None:
+    """Which optimizer × clipping (× learning rate) was most stable, when the sweep varies them."""
+    keys = [c for c in ("optimizer", "clip") if df[c].nunique() > 1]
+    if not keys and df["lr"].nunique() < 2:
+        return None
+    ok = df.assign(_t=outcome.trained(df), _d=df["diverged"].astype(bool))
+    text = ""
+    if keys:
+        g = ok.groupby(keys, sort=False).agg(trained=("_t", "sum"), diverged=("_d", "sum"), runs=("_t", "size"))
+        g = g.assign(_frac=g.trained / g.runs).sort_values(["_frac", "diverged"], ascending=[False, True])
+        name = lambda k: " with ".join(f"`{v}`" for v in (k if isinstance(k, tuple) else (k,)))  # noqa: E731
+        best, worst = g.index[0], g.index[-1]
+        text = (f"Most stable {' × '.join(keys)}: {name(best)} ({int(g.loc[best, 'trained'])}/{int(g.loc[best, 'runs'])} "
+                f"runs trained, {int(g.loc[best, 'diverged'])} diverged); least: {name(worst)} "
+                f"({int(g.loc[worst, 'trained'])}/{int(g.loc[worst, 'runs'])} trained, "
+                f"{int(g.loc[worst, 'diverged'])} diverged).")
+    sens = results.lr_sensitivity(df)
+    if len(sens):
+        by = [k for k in ("optimizer", "clip") if k in keys] or ["block"]
+        mean = sens.groupby(by, sort=False)["lr_sensitivity"].mean().sort_values()
+        label = lambda k: "/".join(map(str, k if isinstance(k, tuple) else (k,)))  # noqa: E731
+        text += (" Mean LR sensitivity (Wortsman et al. 2023; lower = a wider working range of learning rates): "
+                 + ", ".join(f"`{label(k)}` {_f(v)}" for k, v in mean.items()) + ".")
+    return text.strip() + _figure(["stability_map.png", "lr_sensitivity.png"], figures) if text else None
+
+
+def xiong_comparison(rep: pd.DataFrame, figures: set[str]) -> str | None:
+    """Post-LN vs Pre-LN gradient of the MLP output matrix W2 at initialisation (Xiong et al. 2020, Fig. 3)."""
+    col = "grad_decades_mlp_out_init"
+    if col not in rep or not {"post_ln", "pre_ln"} <= set(rep.block):
+        return None
+    depths = sorted(set(rep[rep.block == "post_ln"].depth) & set(rep[rep.block == "pre_ln"].depth))
+    if not depths or depths[-1] < 2:
+        return None
+    d = depths[-1]
+    post = float(rep[(rep.block == "post_ln") & (rep.depth == d)][col].iloc[0])
+    pre = float(rep[(rep.block == "pre_ln") & (rep.depth == d)][col].iloc[0])
+    if not (np.isfinite(post) and np.isfinite(pre)):
+        return None
+    same = post > 0 and post > pre
+    return (f"At initialisation (L={d}) the gradient of the MLP output matrix W2 grows {_f(post)} decades from "
+            f"input to output layer for `post_ln` and {_f(pre)} for `pre_ln`. Xiong et al. 2020 (Fig. 3) find it "
+            f"growing towards the output for Post-LN and flat for Pre-LN: "
+            + ("the same direction here." if same else "not reproduced here at this size.")
+            + _figure(["grad_profile.png"], figures))
+
+
+def jacobian_and_collapse(rep: pd.DataFrame, figures: set[str]) -> str | None:
+    """End-to-end Jacobian norm and token alignment at initialisation, at the deepest depth."""
+    deepest = int(rep.depth.max())
+    at = rep[rep.depth == deepest]
+    parts = []
+    if "jac_end_to_end_init" in at and np.isfinite(at["jac_end_to_end_init"]).any():
+        j = at["jac_end_to_end_init"].dropna()
+        hi, lo = at.loc[j.idxmax()], at.loc[j.idxmin()]
+        parts.append(f"at L={deepest} the end-to-end Jacobian ‖∂x_L/∂x_0‖₂ at initialisation ranges from "
+                     f"{_f(lo.jac_end_to_end_init)} (`{lo.block}`) to {_f(hi.jac_end_to_end_init)} (`{hi.block}`)")
+    if "token_alignment_last_init" in at and np.isfinite(at["token_alignment_last_init"]).any():
+        t = at["token_alignment_last_init"].dropna()
+        top = at.loc[t.idxmax()]
+        parts.append(f"tokens leaving the last layer are most aligned in `{top.block}` (mean cosine "
+                     f"{_f(top.token_alignment_last_init)}; 1 = rank collapse)")
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + _figure(["jacobian_profile.png", "token_alignment.png"], figures) + "."
+
+
+def findings(df: pd.DataFrame, figures: set[str] = frozenset()) -> list[str]:
+    """The report's findings for a results frame (`results.load`), linking figures present in `figures`."""
+    if df.empty:
+        return []
+    training = outcome.has_training(df)
+    cells = aggregate.cell_table(df).set_index("cell_id")
+    rep = representative(cells, training)
+    out = []
+    if training:
+        out += [trainability(df, cells, figures), gradient_profile(rep, cells, "final", figures),
+                divergence(df, figures), stability_by_optimizer(df, figures), xiong_comparison(rep, figures)]
+    else:
+        out += [gradient_profile(rep, cells, "init", figures), xiong_comparison(rep, figures),
+                jacobian_and_collapse(rep, figures)]
+        out.append(gradient_profile(rep, cells, "init", figures, stream=True))
+    return [f for f in out if f][:MAX_FINDINGS]
