@@ -91,20 +91,30 @@ def fix_others(df: pd.DataFrame, keep: Sequence[str]) -> tuple[pd.DataFrame, str
     """Rows whose axes outside `keep` equal their first value in the sweep; and a caption naming those values.
 
     A figure with panels by block and lines by depth cannot also show every optimizer and learning
-    rate; it shows the first of each (the caption says which), so nothing is averaged silently."""
-    fixed = {}
+    rate; it shows the first of each (the caption says which), so nothing is averaged silently.
+    Norm-free blocks (rezero, no_norm; recorded with norm "none") are kept whatever norm the other blocks
+    are fixed to, and the caption says they have none: "norm=layernorm (none for rezero)"; when no block
+    with a norm is shown, the caption makes no norm claim."""
+    fixed, notes = {}, {}
     for col in varying(df):
         if col not in keep:
             if col == "norm" and "block" in df.columns:
-                # Norm-free blocks (rezero, no_norm) are recorded with norm "none": keep them whatever norm
-                # the other blocks are shown with, or their panels would vanish.
-                normed = df[~df["block"].isin(NORM_FREE_BLOCKS)]
-                fixed[col] = (normed if len(normed) else df)[col].iloc[0]
-                df = df[(df[col] == fixed[col]) | df["block"].isin(NORM_FREE_BLOCKS)]
+                # Norm-free blocks are recorded with norm "none": keep them whatever norm the other blocks
+                # are shown with, or their panels would vanish.
+                free = df["block"].isin(NORM_FREE_BLOCKS)
+                if not (~free).any():
+                    continue  # only norm-free blocks: nothing to fix, no norm to name
+                value = df.loc[~free, col].iloc[0]
+                df = df[(df[col] == value) | free]
+                fixed[col] = value
+                shown_free = list(dict.fromkeys(df.loc[df["block"].isin(NORM_FREE_BLOCKS), "block"]))
+                if shown_free:
+                    notes[col] = f" (none for {', '.join(shown_free)})"
                 continue
             fixed[col] = df[col].iloc[0]
             df = df[df[col] == fixed[col]]
-    return df, ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
+    return df, ", ".join((f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}") + notes.get(k, "")
+                         for k, v in fixed.items())
 
 
 def label_of(row: Any, cols: Sequence[str]) -> str:
@@ -178,9 +188,14 @@ FIGURES = {
     "loss_vs_depth.png": "Final training loss vs depth (× = a diverged seed, drawn at its initial loss).",
     "stability_map.png": "Fraction of runs that trained, per depth and block (" + outcome.describe() + ").",
     "loss_curves.png": "Training loss vs step for every cell (mean over seeds, band = min–max).",
-    "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ at initialisation and at the end.",
-    "act_grad_profile.png": "Residual-stream gradient ‖∂loss/∂x_l‖ per layer at initialisation and at the end.",
-    "jacobian_profile.png": "Layer Jacobian spectral norm ‖∂x_{l+1}/∂x_l‖₂ per layer.",
+    "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ (all of layer l's parameters) at "
+                        "initialisation (step 0) and at the last step.",
+    "grad_profile_mlp_out.png": "Per-layer gradient norm of the FFN output matrix W2 alone, ‖∂loss/∂W2_l‖ "
+                                "(the quantity of Xiong et al. 2020, Fig. 3) at step 0 and at the last step.",
+    "act_grad_profile.png": "Residual-stream gradient ‖∂loss/∂x_l‖ per layer at step 0 and at the last step.",
+    "jacobian_profile.png": "Layer-to-layer Jacobian ∂x_(l+1)/∂x_l per layer: spectral norm (solid; by Lanczos or "
+                            "power iteration, as the runs' probe config says, named in the figure) and the "
+                            "Hutchinson estimate of the Frobenius norm / √d_model (dashed).",
     "jacobian_spectrum.png": "Singular values of the end-to-end Jacobian ∂x_L/∂x_0 at the smallest and largest depth.",
     "token_alignment.png": "Token alignment (mean pairwise cosine of token vectors; 1 = rank collapse) per layer.",
     "lr_sensitivity.png": "Final loss vs learning rate; the legend gives LR sensitivity (Wortsman et al. 2023).",
@@ -198,6 +213,7 @@ def figure_makers() -> dict[str, Callable[[pd.DataFrame, Mapping, Callable[[], p
         "stability_map.png": lambda df, lay, met: pt.stability_map(df),
         "loss_curves.png": lambda df, lay, met: pt.loss_curves(met(), df=df),
         "grad_profile.png": lambda df, lay, met: pl.grad_profile(df, lay),
+        "grad_profile_mlp_out.png": lambda df, lay, met: pl.grad_profile(df, lay, "mlp_out"),
         "act_grad_profile.png": lambda df, lay, met: pl.act_grad_profile(df, lay),
         "jacobian_profile.png": lambda df, lay, met: pl.jacobian_profile(df, lay),
         "jacobian_spectrum.png": lambda df, lay, met: pl.jacobian_spectrum(df, lay),
