@@ -275,7 +275,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(results.summary_table(df))
     n_div = int(df["diverged"].sum()) if len(df) else 0
     print(f"{df.cell_id.nunique() if len(df) else 0} cells, {len(df)} runs, {n_div} diverged -> {out}/results.csv")
+    print(where_to_look(Path(out)))
     return 0
+
+
+def where_to_look(out: Path) -> str:
+    """The console's last lines: where the report and figures are, and which figure to open first."""
+    lines = []
+    if (out / "report.md").is_file():
+        lines.append(f"report: {out / 'report.md'} (findings first)")
+    figures = out / "figures"
+    first = next((figures / n for n in ("loss_vs_depth.png", "grad_profile.png", "loss_curves.png")
+                  if (figures / n).is_file()), None)
+    if first is not None:
+        lines.append(f"figures: {figures}/ — open {first.name} first")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

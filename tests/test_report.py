@@ -1,0 +1,175 @@
+"""The one aggregation rule, the 'trained' rule, the depth statistic and report.md, on known data.
+
+The run directory is test_plots.py's: synthetic Histories written by the real writers, whose outcome is known
+(post_ln diverges at depth 8, pre_ln trains everywhere, post_ln's gradient halves per layer towards the input).
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxnorm import aggregate, cell_stats, findings, outcome, plots, plots_layers, plots_training, report, results
+from test_plots import run_dir  # noqa: F401 (the shared synthetic run directory fixture)
+
+
+# --- the aggregation rule on hand-computed values ---------------------------------------------------------
+
+def test_seed_aggregate_geometric_and_arithmetic_by_hand():
+    a = aggregate.seed_aggregate([2.70, 0.063], geometric=True)
+    assert a.value == pytest.approx(math.sqrt(2.70 * 0.063)) and (a.lo, a.hi, a.n) == (0.063, 2.70, 2)
+    b = aggregate.seed_aggregate([1.0, 2.0, np.nan], geometric=False)
+    assert b.value == pytest.approx(1.5) and b.n == 2
+    # a geometric mean leaves out values <= 0; nothing usable -> NaN
+    assert aggregate.seed_aggregate([4.0, 0.0, -1.0], geometric=True).value == pytest.approx(4.0)
+    assert math.isnan(aggregate.seed_aggregate([np.nan], geometric=False).value)
+
+
+def test_ratio_of_means_equals_mean_of_ratios_under_the_rule():
+    first, last = np.array([2.0, 8.0, 0.5]), np.array([4.0, 1.0, 2.0])
+    of_ratios = aggregate.seed_aggregate(first / last, geometric=True).value
+    of_means = aggregate.seed_aggregate(first, True).value / aggregate.seed_aggregate(last, True).value
+    assert of_ratios == pytest.approx(of_means)
+
+
+def test_bootstrap_interval_from_five_seeds():
+    x = [1.0, 2.0, 3.0, 4.0, 100.0]
+    a = aggregate.seed_aggregate(x, geometric=False)
+    assert a.value == pytest.approx(22.0) and a.n == 5
+    assert 1.0 <= a.lo < a.value < a.hi <= 100.0 and (a.lo, a.hi) != (1.0, 100.0)
+    rng = np.random.default_rng(aggregate.BOOTSTRAP_SEED)  # the same resampling, by hand
+    draws = np.asarray(x)[rng.integers(0, 5, (aggregate.BOOTSTRAP_RESAMPLES, 5))].mean(axis=1)
+    assert (a.lo, a.hi) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+
+
+def test_end_of_training_columns_leave_out_diverged_seeds():
+    rows = pd.DataFrame({"final_loss": [1.0, 9.0], "initial_loss": [3.0, 3.2], "diverged": [False, True]})
+    assert aggregate.column_aggregate(rows, "final_loss").value == 1.0
+    assert aggregate.column_aggregate(rows, "initial_loss").value == pytest.approx(3.1)
+
+
+# --- the depth statistic ----------------------------------------------------------------------------------
+
+def test_decades_slope_against_polyfit():
+    rng = np.random.default_rng(1)
+    for L in (2, 3, 8, 24):
+        norms = np.exp(rng.normal(size=L))
+        x = (np.arange(L) + 0.5) / L
+        assert cell_stats.decades_slope(norms) == pytest.approx(np.polyfit(x, np.log10(norms), 1)[0], rel=1e-9)
+    assert cell_stats.decades_slope(10.0 ** np.linspace(-4, 0, 24)) == pytest.approx(4 * 24 / 23)  # endpoints
+    assert math.isnan(cell_stats.decades_slope(np.array([1.0])))
+    assert math.isnan(cell_stats.decades_slope(np.array([1.0, 0.0])))
+
+
+# --- trained ----------------------------------------------------------------------------------------------
+
+def test_trained_on_known_outcomes(run_dir):  # noqa: F811
+    df = results.load(run_dir)
+    ok = outcome.trained(df)
+    bad = df[(df.block == "post_ln") & (df.depth == 8)]
+    assert not ok[bad.index].any() and ok.drop(bad.index).all()
+
+
+def _quick_like(final_losses: dict) -> pd.DataFrame:
+    """A results frame shaped like the quick preset's (reverse, 16 symbols, 2 seeds)."""
+    rows = []
+    for (block, depth), losses in final_losses.items():
+        for seed, loss in enumerate(losses):
+            rows.append({"cell_id": f"L{depth}-{block}", "block": block, "depth": depth, "seed": seed,
+                         "task": "reverse", "num_symbols": 16, "vocab_size": 17, "steps": 180,
+                         "initial_loss": 2.80, "final_loss": loss, "diverged": False})
+    return pd.DataFrame(rows)
+
+
+def test_trained_relative_to_chance_and_the_best_cell():
+    # The quick preset's measured final losses before its calibration: every cell above half its initial
+    # loss (the old rule said nothing trained), Post-LN at depth 24 at chance (ln 16 = 2.77).
+    df = _quick_like({("post_ln", 2): (2.10, 2.11), ("pre_ln", 2): (2.08, 2.09), ("rezero", 2): (2.54, 2.55),
+                      ("post_ln", 24): (2.774, 2.773), ("pre_ln", 24): (2.06, 2.07), ("rezero", 24): (1.86, 1.88)})
+    ok = df.assign(t=outcome.trained(df)).groupby("cell_id").t.all()
+    assert ok["L24-pre_ln"] and ok["L24-rezero"] and not ok["L24-post_ln"]
+    assert outcome.chance_losses(df).iloc[0] == pytest.approx(math.log(16))
+    # threshold = chance − ½(chance − best cell): best = 1.87
+    assert outcome.trained_threshold(df).iloc[0] == pytest.approx(math.log(16) - 0.5 * (math.log(16) - 1.87))
+    # nothing learned: no run counts as trained
+    stuck = _quick_like({("pre_ln", 2): (2.75, 2.76), ("post_ln", 2): (2.77, 2.77)})
+    assert not outcome.trained(stuck).any()
+
+
+def test_chance_loss_per_task():
+    assert outcome.chance_loss("sort", 17, 16) == pytest.approx(math.log(16))
+    assert outcome.chance_loss("lm", 100, 16) == pytest.approx(math.log(100))
+    assert outcome.chance_loss("mlm", 101, 16) == pytest.approx(math.log(100))
+
+
+# --- one number everywhere --------------------------------------------------------------------------------
+
+def _console_value(table: str, cell_id: str, column: str) -> float:
+    lines = table.splitlines()
+    header = lines[0].split()
+    row = next(line for line in lines if line.startswith(cell_id)).split()
+    return float(row[1 + header.index(column)])
+
+
+def test_console_report_and_figures_show_the_same_numbers(run_dir):  # noqa: F811
+    df = results.load(run_dir)
+    cells = aggregate.cell_table(df).set_index("cell_id")
+    console = results.summary_table(df)
+    text = report.render(run_dir)
+    layers = plots.LayerStore(run_dir)
+    for cid, cell in cells.iterrows():
+        # the console and the report print the aggregate of the per-seed values by the one rule
+        for column in ("final_loss", "grad_decades_final"):
+            expected = aggregate.column_aggregate(df[df.cell_id == cid], column).value
+            assert cell[column] == pytest.approx(expected)
+            assert _console_value(console, cid, column) == pytest.approx(expected, rel=1e-3)
+            assert report.fmt(expected) in text
+    # the report's post_ln L=8 row: one of two seeds diverged and neither trained
+    assert "| post_ln | 8 | 0.001 | 1/2 | 0/2 |" in text and "| pre_ln | 8 | 0.001 | 0/2 | 2/2 |" in text
+
+    # grad_profile plots per-layer geometric means: its first/last points give the table's ratio, and the
+    # slope of its log10 line the table's decades (the mean of per-seed slopes)
+    fig = plots_layers.grad_profile(df, layers)
+    post8 = cells[(cells.block == "post_ln") & (cells.depth == 8)].iloc[0]
+    line = next(l for l in fig.axes[0].lines if l.get_label() == "L=8")
+    y = np.asarray(line.get_ydata(), dtype=float)
+    assert y[0] / y[-1] == pytest.approx(post8.grad_ratio_init, rel=1e-9)
+    assert cell_stats.decades_slope(y) == pytest.approx(post8.grad_decades_init, rel=1e-9)
+
+    # loss_vs_depth plots, per block and depth, the final loss of one of its cells as the table has it
+    fig = plots_training.loss_vs_depth(df)
+    for block in ("post_ln", "pre_ln"):
+        solid = next(l for l in fig.axes[0].lines if l.get_label() == block)
+        for depth, value in zip(solid.get_xdata(), solid.get_ydata()):
+            options = cells[(cells.block == block) & (cells.depth == depth)]["final_loss"]
+            assert np.isclose(options, value, rtol=1e-12).any(), (block, depth, value)
+
+
+def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
+    df = results.load(run_dir)
+    out = findings.findings(df, set(plots.FIGURES))
+    assert 3 <= len(out) <= findings.MAX_FINDINGS
+    joined = "\n".join(out)
+    assert "`post_ln`: every run trained at L=2; none at L=8" in joined
+    assert "`pre_ln`: every run trained at L=2, 8" in joined
+    # post_ln's gradient halves per layer: log10(2) decades per layer over 8 layers = 8·0.301·(8/8)...
+    steep = next(f for f in out if "steepest gradient profile" in f)
+    assert "`post_ln` at L=8" in steep and "figures/grad_profile.png" in steep
+    assert "2 of 16 runs diverged" in joined and "at step 12" in joined
+
+
+def test_report_opens_with_findings_and_links_existing_figures(run_dir):  # noqa: F811
+    text = report.render(run_dir)
+    assert text.index("## Findings") < text.index("## What was run") < text.index("## Results")
+    assert "Command: `experiments/depth_sweep.py --x`" in text
+    assert "## LR sensitivity" in text
+
+
+def test_init_only_sweeps_get_init_columns_and_findings(run_dir):  # noqa: F811
+    df = results.load(run_dir).assign(steps=0)
+    table = report.results_table(df)
+    assert "final train loss" not in table.columns and "∇ decades" in table.columns
+    assert "diverged" not in results.summary_table(df)
+    out = findings.findings(df)
+    assert out and all("trained" not in f for f in out) and "At initialisation" in out[0]
