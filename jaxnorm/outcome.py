@@ -80,5 +80,5 @@ def has_training(df: pd.DataFrame) -> bool:
 
 def describe() -> str:
     """The rule in one sentence, for captions and the report."""
-    return (f"trained = did not diverge and final loss closed ≥ {GAP_FRACTION:.0%} of the gap from chance "
-            f"(uniform guess) to the best cell of the same task")
+    return (f"trained = not diverged and final loss closed ≥ {GAP_FRACTION:.0%} of the gap from chance "
+            f"to the best cell of the task")

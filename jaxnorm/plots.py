@@ -14,6 +14,7 @@ choice of which cells a figure shows, and saving. Legends use the registry names
 
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from pathlib import Path
@@ -28,7 +29,7 @@ import pandas as pd
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from jaxnorm import aggregate, outcome, results  # noqa: E402
+from jaxnorm import aggregate, outcome, results, rundir  # noqa: E402
 from jaxnorm.config import NORM_FREE_BLOCKS  # noqa: E402
 
 AXES = list(results.AXIS_COLUMNS)  # depth, block, norm, attention, optimizer, clip, lr
@@ -162,10 +163,11 @@ def legend(ax, n: int | None = None, **kw) -> None:
 
 
 def outside_legend(fig: Figure, ax, **kw) -> None:
-    """`ax`'s legend entries in one legend to the right of the figure's panels, where it covers no data."""
+    """`ax`'s legend entries in one legend below the figure's panels, where it covers neither data nor title."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small", framealpha=0.7, **kw)
+        ncol = max(1, min(len(handles), int(fig.get_figwidth() // 2.2)))
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize="small", framealpha=0.7, **kw)
 
 
 def suptitle(fig: Figure, title: str, caption: str = "") -> None:
@@ -178,6 +180,18 @@ def suptitle(fig: Figure, title: str, caption: str = "") -> None:
 def save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    return path
+
+
+def save_atomic(fig: Figure, path: Path) -> Path:
+    """`save` through `rundir.atomic_write_bytes`: a unique temporary name per process, renamed into place,
+    with the umask's permissions; a killed or failing draw leaves no partial PNG under the final name."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
+    rundir.atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -248,8 +262,6 @@ def draw_all(run_dir: str | Path) -> list[Path]:
             if path.exists():
                 os.remove(path)
             continue
-        tmp = out / f".{name}.tmp.png"
-        save(fig, tmp)
-        os.replace(tmp, path)
+        save_atomic(fig, path)
         written.append(path)
     return written

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from jaxnorm import aggregate, outcome, results
 from jaxnorm.outcome import has_training, trained  # noqa: F401 (the figures' names for them)
-from jaxnorm.plots import (cells_of, colors, fix_others, grid, label_of, legend, mean_band, outside_legend, suptitle,
+from jaxnorm.plots import (PANEL_H, cells_of, colors, fix_others, grid, label_of, legend, mean_band, outside_legend, suptitle,
                            values, varying)
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -70,7 +70,7 @@ def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
     panels = _panels(df, panel_cols)
     lines = list(dict.fromkeys(map(tuple, df[label_cols].itertuples(index=False))))
     color = dict(zip(lines, colors(len(lines), "tab10" if len(lines) <= 10 else "tab20")))
-    fig, axes = grid(1, len(panels), sharey=True)
+    fig, axes = grid(1, len(panels), sharey=True, h=PANEL_H + 1.2)  # room for the legend below
     for ax, pkey in zip(axes[0], panels):
         sub = _select(df, panel_cols, pkey)
         for line in lines:

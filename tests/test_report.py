@@ -5,6 +5,8 @@ The run directory is test_plots.py's: synthetic Histories written by the real wr
 """
 
 import math
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -173,3 +175,19 @@ def test_init_only_sweeps_get_init_columns_and_findings(run_dir):  # noqa: F811
     assert "diverged" not in results.summary_table(df)
     out = findings.findings(df)
     assert out and all("trained" not in f for f in out) and "At initialisation" in out[0]
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_run_directory_files_respect_the_umask(run_dir, tmp_path, umask, mode):  # noqa: F811
+    """mkstemp creates 0600; a run directory shared by a group (SLURM) must follow the umask instead."""
+    from jaxnorm import rundir
+    old = os.umask(umask)
+    try:
+        rundir.atomic_write_bytes(tmp_path / "x.json", b"{}")
+        figure = plots.save_atomic(plots_training.stability_map(results.load(run_dir)), tmp_path / "map.png")
+        written = report.write_report(run_dir)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "x.json", figure, written):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png", "x.json"]  # no temporary left behind
