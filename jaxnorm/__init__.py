@@ -5,12 +5,14 @@ The public API for notebooks and scripts (everything else lives in the submodule
     import jaxnorm
     spec = jaxnorm.preset("quick").replace(depths=(2, 8), blocks=("post_ln", "pre_ln"))
     df = jaxnorm.run_sweep(spec, "runs/nb")          # trains, writes runs/nb/{results.csv,figures,...}
-    print(df.groupby(["block", "depth"]).grad_ratio_init.median().unstack())
+    cells = jaxnorm.cell_table(df)                   # one row per cell: seeds aggregated by one rule, with spreads
+    print(cells.pivot(index="block", columns="depth", values="grad_decades_final"))
     fig = jaxnorm.grad_profile(df, jaxnorm.LayerStore("runs/nb"))   # one figure, inline in a notebook
 
 Configs: `ModelConfig`, `OptimConfig`, `TrainConfig`, `ProbeConfig` (frozen, validated; a bad value raises
 `ConfigError`). One run: `train(...) -> History`. A grid: `SweepSpec` / `preset(name)` and `run_sweep`.
-Reading results: `load`, `load_layers`, `load_metrics`, `lr_sensitivity`. Figures: `draw_all(run_dir)`
+Reading results: `load`, `load_layers`, `load_metrics`, `lr_sensitivity`, `cell_table` (seeds aggregated by
+the one rule of `jaxnorm.aggregate`), `trained` (`jaxnorm.outcome`). Figures: `draw_all(run_dir)`
 writes every PNG; the per-figure functions take the data and return a matplotlib Figure (or None).
 Model: `Model` (Flax NNX) and the functional core `init` / `apply`. The variant names are the tuples
 `BLOCKS`, `NORMS`, `ATTENTIONS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `CLIPS`, `SCHEDULES`, `TASKS`.
@@ -51,6 +53,8 @@ _LAZY = {
     "load_layers": ("jaxnorm.results", "load_layers"),
     "load_metrics": ("jaxnorm.results", "load_metrics"),
     "lr_sensitivity": ("jaxnorm.results", "lr_sensitivity"),
+    "cell_table": ("jaxnorm.aggregate", "cell_table"),
+    "trained": ("jaxnorm.outcome", "trained"),
     # figures: draw_all(run_dir) writes PNGs; the others take data and return a Figure (or None)
     "draw_all": ("jaxnorm.plots", "draw_all"),
     "LayerStore": ("jaxnorm.plots", "LayerStore"),
@@ -72,7 +76,7 @@ __all__ = [
     "ModelConfig", "OptimConfig", "TrainConfig", "ProbeConfig", "ConfigError",
     "BLOCKS", "NORMS", "ATTENTIONS", "ACTIVATIONS", "INITS", "OPTIMIZERS", "CLIPS", "SCHEDULES", "TASKS",
     "Model", "init", "apply", "train", "History", "run_sweep", "SweepSpec", "preset",
-    "load", "load_layers", "load_metrics", "lr_sensitivity",
+    "load", "load_layers", "load_metrics", "lr_sensitivity", "cell_table", "trained",
     "draw_all", "LayerStore", "grad_profile", "act_grad_profile", "jacobian_profile", "jacobian_spectrum",
     "token_alignment", "loss_vs_depth", "stability_map", "loss_curves", "lr_sensitivity_curves", "logit_growth",
 ]
