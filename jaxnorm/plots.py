@@ -8,7 +8,7 @@
 The figure functions live in `plots_layers` (per-layer profiles, spectra) and `plots_training` (losses,
 stability, learning rates); each takes data (a results DataFrame, a mapping cell_id -> layers.npz arrays,
 a metrics DataFrame) and returns a matplotlib `Figure`, or None when the data it needs is absent.
-This module holds what they share: the Agg backend, mean-over-seeds lines with min–max bands, the
+This module holds what they share: the Agg backend, lines of the seeds' aggregate with spread bands (`jaxnorm.aggregate`), the
 choice of which cells a figure shows, and saving. Legends use the registry names (block, optimizer, ...).
 """
 
@@ -199,9 +199,10 @@ def save_atomic(fig: Figure, path: Path) -> Path:
 
 # File name -> what it shows (the report's captions, in the report's order).
 FIGURES = {
-    "loss_vs_depth.png": "Final training loss vs depth (× = a diverged seed, drawn at its initial loss).",
+    "loss_vs_depth.png": "Final train (solid) and eval (dashed) loss vs depth; dotted = chance; × = a diverged seed "
+                         "at its initial loss.",
     "stability_map.png": "Fraction of runs that trained, per depth and block (" + outcome.describe() + ").",
-    "loss_curves.png": "Training loss vs step for every cell (mean over seeds, band = min–max).",
+    "loss_curves.png": "Training loss vs step for every cell (mean over seeds, band = spread; squares = eval loss; dotted = chance).",
     "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ (all of layer l's parameters) at "
                         "initialisation (step 0) and at the last step.",
     "grad_profile_mlp_out.png": "Per-layer gradient norm of the FFN output matrix W2 alone, ‖∂loss/∂W2_l‖ "

@@ -61,7 +61,7 @@ def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
     """Final train loss vs depth, one panel per optimizer × clip, one line per block (× norm × attention).
 
     With several learning rates each point uses the best one (lowest mean capped loss). The line is the
-    mean over seeds that did not diverge (band = their min–max); each diverged seed is an × at its initial loss."""
+    mean over seeds that did not diverge (band = their spread, `jaxnorm.aggregate`); each diverged seed is an × at its initial loss."""
     if not has_training(df) or df["depth"].nunique() < 2:
         return None
     df = df.assign(_capped=capped_loss(df))
@@ -249,5 +249,5 @@ def logit_growth(df: pd.DataFrame, metrics: pd.DataFrame, layers: Mapping, panel
                 ax.set_xlabel("step")
         if r == 0:
             legend(ax_z, title="learning rate")
-    suptitle(fig, "Attention-logit and output log Z growth (mean over seeds, band = min–max)", caption)
+    suptitle(fig, "Attention-logit and output log Z growth (mean over seeds, band = spread over seeds)", caption)
     return fig
