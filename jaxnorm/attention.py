@@ -18,6 +18,7 @@ from flax import nnx
 
 from jaxnorm.config import ATTENTIONS, ModelConfig
 from jaxnorm.norms import make_norm
+from jaxnorm.placements import placement
 
 PROJECTIONS = ("query", "key", "value", "out")
 COSINE_INIT_LOGIT_SCALE = math.log(10.0)   # τ = 0.1 at init (Swin V2)
@@ -117,11 +118,12 @@ class Attention(nnx.Module):
         if self.form == "qk_norm":
             self.q_norm = make_norm("layernorm", self.head_dim, cfg, rngs=rngs)
             self.k_norm = make_norm("layernorm", self.head_dim, cfg, rngs=rngs)
-        if cfg.block == "normformer":
+        options = placement(cfg.block)  # the block's attention options (jaxnorm.placements)
+        if options.attn_head_scale:
             # NormFormer's head-wise scaling of each head's output before the output projection
             # (Shleifer et al. 2021, §3), initialised at 1.
             self.head_scale = nnx.Param(jnp.ones((H,), jnp.float32))
-        if cfg.block == "subln":
+        if options.attn_sub_norm:
             # Magneto's Sub-LN: a norm in front of the output projection (Wang et al. 2022, §2.1).
             self.sub_norm = make_norm(cfg.norm, D, cfg, rngs=rngs)
         if self.form == "sigma_reparam":

@@ -1,24 +1,10 @@
 """Encoder blocks: where the residual connection and the normalisation sit.
 
-Every block is one attention sublayer and one MLP sublayer. `Block.__call__(x, train=...)` returns the
-new residual stream and a dict of per-layer diagnostics; under the encoder's scan these come back
-stacked with a leading layer axis [L, ...]. N is the chosen norm, F an attention or MLP branch.
-
-| block        | update per sublayer                        | source                                   |
-|--------------|--------------------------------------------|------------------------------------------|
-| post_ln      | x ← N(x + F(x))                            | Vaswani et al. 2017                      |
-| pre_ln       | x ← x + F(N(x)); final N after the stack   | Xiong et al. 2020                        |
-| sandwich     | x ← x + N₂(F(N₁(x)))                       | Ding et al. 2021 (CogView)               |
-| deepnorm     | x ← LN(α·x + F(x)), α = (2L)^¼             | Wang et al. 2022 (DeepNet)               |
-| rezero       | x ← x + α_l·F(x), α_l learned, starts at 0 | Bachlechner et al. 2020                  |
-| admin        | x ← N(ω⊙x + F(x)), ω profiled              | Liu et al. 2020                          |
-| no_norm      | x ← x + F(x)                               |                                          |
-| no_residual  | x ← N(F(x))                                | rank-collapse baseline (Dong et al. 2021)|
-| b2t          | h = N(x + A(x)); y = N(h + M(h) + x)       | Takase et al. 2022                       |
-| normformer   | pre_ln + N after attention, head scales,   | Shleifer et al. 2021                     |
-|              | N after the MLP activation                 |                                          |
-| subln        | pre_ln + N before each output projection   | Wang et al. 2022 (Magneto)               |
-| depth_mup    | x ← x + L^-α·F(N(x))                       | Yang et al. 2023; Bordelon et al. 2023   |
+Every block is one attention sublayer and one MLP sublayer. `Block.__call__(x, train=..., layer=...)` returns
+the new residual stream and a dict of per-layer diagnostics; under the encoder's scan these come back
+stacked with a leading layer axis [L, ...]. What each block variant does is its entry in
+`jaxnorm.placements` (the table of update rules and papers is there); this module follows the entry's
+residual scheme and never branches on a block's name.
 """
 
 from __future__ import annotations
@@ -29,20 +15,11 @@ from flax import nnx
 
 from jaxnorm.attention import Attention
 from jaxnorm.config import ModelConfig
-from jaxnorm.init import deepnorm_constants
 from jaxnorm.norms import make_norm
 from jaxnorm.padding import DepthData, is_padded
-
-# Blocks whose stack ends un-normalised, so the model adds a final norm before the head.
-PRE_NORM_BLOCKS = ("pre_ln", "sandwich", "normformer", "subln", "depth_mup")
-# Blocks with an extra norm inside each sublayer, in front of the output projection.
-INNER_NORM_BLOCKS = ("normformer", "subln")
+from jaxnorm.placements import norm_kind, placement
 
 _ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu}
-
-
-def _norm_kind(cfg: ModelConfig) -> str:
-    return "none" if cfg.block in ("rezero", "no_norm") else cfg.norm
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
@@ -84,8 +61,8 @@ class MLP(nnx.Module):
         self.fc1 = nnx.Linear(cfg.d_model, cfg.d_ff, **kw)
         self.fc2 = nnx.Linear(cfg.d_ff, cfg.d_model, **kw)
         self.activation = cfg.activation
-        if cfg.block in INNER_NORM_BLOCKS:
-            self.mid_norm = make_norm(_norm_kind(cfg), cfg.d_ff, cfg, rngs=rngs)
+        if placement(cfg.block).mlp_mid_norm:
+            self.mid_norm = make_norm(norm_kind(cfg.block, cfg.norm), cfg.d_ff, cfg, rngs=rngs)
 
     def __call__(self, x_BxTxD: jax.Array, *, train: bool) -> jax.Array:
         h_BxTxF = _ACTIVATIONS[self.activation](self.fc1(x_BxTxD))
@@ -95,45 +72,53 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One encoder layer; `cfg.block` picks the residual/norm placement (table in the module docstring)."""
+    """One encoder layer; `cfg.block` picks its `jaxnorm.placements` entry."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.kind = cfg.block
+        p = self.placement = placement(cfg.block)
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
-        kind, D, norm = cfg.block, cfg.d_model, _norm_kind(cfg)
-        if kind not in ("rezero", "no_norm"):
+        D, norm = cfg.d_model, norm_kind(cfg.block, cfg.norm)
+        if p.norms:
             self.norm1 = make_norm(norm, D, cfg, rngs=rngs)
             self.norm2 = make_norm(norm, D, cfg, rngs=rngs)
-        if kind == "sandwich":
+        if p.branch_out_norms:
             self.norm1_out = make_norm(norm, D, cfg, rngs=rngs)
             self.norm2_out = make_norm(norm, D, cfg, rngs=rngs)
-        if kind == "normformer":
+        if p.attn_out_norm:
             self.norm_attn_out = make_norm(norm, D, cfg, rngs=rngs)
-        if kind == "rezero":
+        if p.residual == "rezero":
             # One gate per layer shared by both sublayers, as in the authors' reference implementation.
             self.rezero_alpha = nnx.Param(jnp.zeros((), jnp.float32))
-        if kind == "admin":
+        if p.residual == "admin":
             # ω for the attention (row 0) and MLP (row 1) residuals; the model sets it after profiling.
             self.admin_omega = nnx.Param(jnp.ones((2, D), jnp.float32))
-        residual_scale = deepnorm_constants(cfg.depth)[0] if kind == "deepnorm" else 1.0
-        branch_scale = float(cfg.depth) ** -cfg.depth_mup_alpha if kind == "depth_mup" else 1.0
-        if is_padded(cfg):  # depth as data (jaxnorm.padding): the model sets these from its active depth
+        # Depth constants: Python floats, or for a padded model (depth as data, jaxnorm.padding) per-layer
+        # values that the model sets from its active depth.
+        constants = depth_constants(p, cfg, float(cfg.depth))
+        if is_padded(cfg):
             self.layer_active = DepthData(jnp.ones((), bool))
-            if kind == "deepnorm":
-                residual_scale = DepthData(jnp.float32(residual_scale))
-            if kind == "depth_mup":
-                branch_scale = DepthData(jnp.float32(branch_scale))
-        self.residual_scale, self.branch_scale = residual_scale, branch_scale
+            constants = {k: DepthData(jnp.float32(v)) for k, v in constants.items()}
+        self.residual_scale = constants.get("residual_scale", 1.0)
+        self.branch_scale = constants.get("branch_scale", 1.0)
+        self.post_layers = constants.get("post_layers", 0.0)
 
-    def __call__(self, x_BxTxD: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        y, diag = self._forward(x_BxTxD, train=train)
+    def __call__(self, x_BxTxD: jax.Array, *, train: bool,
+                 layer: jax.Array | int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`layer`: this block's index in the stack (the mix scheme switches on it)."""
+        if self.placement.residual == "mix":
+            # Post-LN below ⌊α·L⌋, Pre-LN from there: a per-layer switch inside the scan. nnx.cond keeps the
+            # module state (running statistics, power-iteration vectors) of the branch taken.
+            y, diag = nnx.cond(layer < _value(self.post_layers), lambda b, h: b._forward(h, train, "post"),
+                               lambda b, h: b._forward(h, train, "pre"), self, x_BxTxD)
+        else:
+            y, diag = self._forward(x_BxTxD, train, self.placement.residual)
         if hasattr(self, "layer_active"):  # a padded model's inactive layer is the identity
             y = jnp.where(self.layer_active[...], y, x_BxTxD)
         return y, diag
 
-    def _forward(self, x_BxTxD: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-        kind = self.kind
+    def _forward(self, x_BxTxD: jax.Array, train: bool, scheme: str) -> tuple[jax.Array, dict[str, jax.Array]]:
+        p = self.placement
         diag = residual_diagnostics(x_BxTxD)
         n1 = (lambda h: self.norm1(h, train=train)) if hasattr(self, "norm1") else (lambda h: h)
         n2 = (lambda h: self.norm2(h, train=train)) if hasattr(self, "norm2") else (lambda h: h)
@@ -141,30 +126,30 @@ class Block(nnx.Module):
         mlp = lambda h: self.mlp(h, train=train)  # noqa: E731
 
         # Each branch records (what it adds to the stream, the stream it is added to) for branch ratios.
-        if kind in ("pre_ln", "depth_mup", "subln", "normformer", "sandwich"):
+        if scheme == "pre":
             fa, attn_diag = attn(n1(x_BxTxD))
-            if kind == "normformer":
+            if p.attn_out_norm:
                 fa = self.norm_attn_out(fa, train=train)
-            if kind == "sandwich":
+            if p.branch_out_norms:
                 fa = self.norm1_out(fa, train=train)
             scale = _value(self.branch_scale)
             fa_added = scale * fa
             x1 = x_BxTxD + fa_added
             fm = mlp(n2(x1))
-            if kind == "sandwich":
+            if p.branch_out_norms:
                 fm = self.norm2_out(fm, train=train)
             fm_added = scale * fm
             y = x1 + fm_added
             streams = (x_BxTxD, x1)
-        elif kind in ("post_ln", "deepnorm", "no_norm", "b2t"):
+        elif scheme == "post":
             a = _value(self.residual_scale)
             fa, attn_diag = attn(x_BxTxD)
             fa_added = fa
             x1 = n1(a * x_BxTxD + fa)
             fm = fm_added = mlp(x1)
-            y = n2(a * x1 + fm + (x_BxTxD if kind == "b2t" else 0.0))
+            y = n2(a * x1 + fm + (x_BxTxD if p.b2t_skip else 0.0))
             streams = (a * x_BxTxD, a * x1)
-        elif kind == "rezero":
+        elif scheme == "rezero":
             g = self.rezero_alpha[...]
             fa, attn_diag = attn(x_BxTxD)
             fa_added = g * fa
@@ -173,7 +158,7 @@ class Block(nnx.Module):
             fm_added = g * fm
             y = x1 + fm_added
             streams = (x_BxTxD, x1)
-        elif kind == "admin":
+        elif scheme == "admin":
             omega = self.admin_omega[...]
             fa, attn_diag = attn(x_BxTxD)
             fa_added = fa
@@ -181,15 +166,15 @@ class Block(nnx.Module):
             fm = fm_added = mlp(x1)
             y = n2(omega[1] * x1 + fm)
             streams = (omega[0] * x_BxTxD, omega[1] * x1)
-        elif kind == "no_residual":
+        elif scheme == "none":
             fa, attn_diag = attn(x_BxTxD)
             fa_added = fa
             x1 = n1(fa)
             fm = fm_added = mlp(x1)
             y = n2(fm)
             streams = (x_BxTxD, x1)
-        else:  # config validation makes this unreachable
-            raise ValueError(f"ModelConfig.block: unknown value {kind!r}")
+        else:  # Placement validation makes this unreachable
+            raise ValueError(f"Placement.residual: unknown scheme {scheme!r}")
 
         diag.update(attn_diag)
         diag["branch_ratio"] = jnp.stack([
@@ -199,3 +184,16 @@ class Block(nnx.Module):
         # Variance of each raw branch output, the quantity Admin's profiling pass accumulates.
         diag["branch_var"] = jnp.stack([jnp.var(fa.astype(jnp.float32)), jnp.var(fm.astype(jnp.float32))])
         return y, diag
+
+
+def depth_constants(p, cfg: ModelConfig, depth) -> dict:
+    """The placement's depth constants for `depth` (a float, or a padded model's traced active depth):
+    residual_scale (DeepNorm's α), branch_scale (depth-μP's L^-α), post_layers (Mix-LN's ⌊α·L⌋)."""
+    out = {}
+    if p.residual_scale is not None:
+        out["residual_scale"] = p.residual_scale(depth)
+    if p.branch_scale is not None:
+        out["branch_scale"] = p.branch_scale(depth, cfg.depth_mup_alpha)
+    if p.post_layers is not None:
+        out["post_layers"] = p.post_layers(depth, cfg.mix_ln_alpha)
+    return out

@@ -12,12 +12,11 @@ import dataclasses
 import math
 from typing import Any
 
+from jaxnorm.placements import PLACEMENTS
+
 # --- registries: the allowed values of each variant field --------------------------------------------
 
-BLOCKS = (
-    "post_ln", "pre_ln", "sandwich", "deepnorm", "rezero", "admin", "no_norm", "no_residual",
-    "b2t", "normformer", "subln", "depth_mup",
-)
+BLOCKS = tuple(PLACEMENTS)  # jaxnorm/placements.py: one entry per block says where its norms and residuals sit
 NORMS = ("layernorm", "rmsnorm", "scalenorm", "groupnorm", "instancenorm", "batchnorm", "none")
 ATTENTIONS = ("dot", "dot_unscaled", "cosine", "qk_norm", "l2", "sigma_reparam")
 ACTIVATIONS = ("relu", "gelu")
@@ -37,7 +36,7 @@ SPECTRAL_METHODS = ("lanczos", "power")
 # position t through the normalisation statistics, so that combination is refused.
 SEQUENCE_MIXING_NORMS = ("instancenorm", "batchnorm")
 # Blocks that have no normalisation layer at all: their `norm` field is ignored.
-NORM_FREE_BLOCKS = ("rezero", "no_norm")
+NORM_FREE_BLOCKS = tuple(name for name, p in PLACEMENTS.items() if not p.norms)
 
 
 class ConfigError(ValueError):
@@ -95,6 +94,7 @@ class ModelConfig:
     norm_eps: float = 1e-5         # epsilon inside every norm
     admin_mode: str = "profiled"   # how Admin sets ω: a profiling forward pass, or the closed form
     depth_mup_alpha: float = 0.5   # depth-μP branch multiplier L^-α (α in [0.5, 1] in the literature)
+    mix_ln_alpha: float = 0.25     # Mix-LN: the first ⌊α·L⌋ layers are Post-LN, the rest Pre-LN (Li et al. 2024)
     sigma_reparam_iters: int = 1   # power-iteration steps per forward pass for σReparam
     scan: bool = True              # scan over stacked blocks; False = Python loop (test reference only)
     remat: bool = False            # rematerialise each block in the backward pass (saves memory; faster on CPU)
@@ -123,6 +123,7 @@ class ModelConfig:
         check_bool(o, "remat", self.remat)
         check_float(o, "norm_eps", self.norm_eps, 0.0, strict=True)
         check_float(o, "depth_mup_alpha", self.depth_mup_alpha, 0.0)
+        check_float(o, "mix_ln_alpha", self.mix_ln_alpha, 0.0, maximum=1.0)
         if self.d_model % self.num_heads:
             _fail(o, "num_heads", self.num_heads, f"a divisor of d_model={self.d_model}")
         if self.norm == "groupnorm" and self.d_model % self.num_groups:

@@ -2,8 +2,9 @@
 
 Every block kernel is first drawn Xavier-uniform (the modules' own initialiser). A scheme then rescales
 (or redraws) the *stacked* parameters — shape [L, ...] — with one factor per layer, so the whole scheme
-is a few array multiplies, never a Python loop over layers. Block-specific gains (DeepNorm's β, Sub-LN's
-γ) are applied on top of the chosen scheme because they are part of those blocks' definitions.
+is a few array multiplies, never a Python loop over layers. A block's own gain (its placement's
+`value_gain`: DeepNorm's β, Sub-LN's γ) is applied on top of the chosen scheme because it is part of that
+block's definition.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flax import nnx
 
 from jaxnorm.config import ModelConfig
 from jaxnorm.paths import path_names
+from jaxnorm.placements import deepnorm_alpha, deepnorm_beta, placement, subln_gamma
 
 # Kernels of the residual branch's "value path": the ones DeepNorm, Sub-LN and T-Fixup rescale.
 VALUE_PATH_KERNELS = ("value", "out", "fc1", "fc2")
@@ -25,13 +27,10 @@ OUTPUT_KERNELS = ("out", "fc2")  # the projections that write into the residual 
 def deepnorm_constants(depth: int) -> tuple[float, float]:
     """DeepNorm's (α, β) for an encoder-only stack of N=depth layers (Wang et al. 2022, "DeepNet", Table 1):
     α = (2N)^¼ multiplies the residual, β = (8N)^-¼ is the Xavier gain of value/output/FFN weights."""
-    return (2.0 * depth) ** 0.25, (8.0 * depth) ** -0.25
+    return deepnorm_alpha(depth), deepnorm_beta(depth)
 
 
-def subln_gain(depth: int | jax.Array) -> float | jax.Array:
-    """Sub-LN's weight gain γ = √(ln 2N) for an encoder of N layers (Wang et al. 2022, "Magneto")."""
-    m = _math_of(depth)
-    return m.sqrt(m.log(2.0 * depth))
+subln_gain = subln_gamma  # Sub-LN's weight gain γ = √(ln 2N) (Wang et al. 2022, "Magneto")
 
 
 def admin_omega_closed_form(num_sublayers: int | jax.Array) -> float | jax.Array:
@@ -81,10 +80,9 @@ def _layer_factor(cfg: ModelConfig, names: tuple[str, ...], depth: int | jax.Arr
     elif cfg.init == "ds_init":
         # Zhang, Titov & Sennrich 2019: U(±γ·α/√l) with γ the Xavier bound, α = 1, l = 1..L.
         factor = 1.0 / jnp.sqrt(jnp.arange(1, cfg.depth + 1, dtype=jnp.float32))
-    if cfg.block == "deepnorm" and module in VALUE_PATH_KERNELS:
-        factor = factor * deepnorm_constants(depth)[1]
-    if cfg.block == "subln" and module in VALUE_PATH_KERNELS:
-        factor = factor * subln_gain(depth)
+    gain = placement(cfg.block).value_gain  # DeepNorm's β, Sub-LN's γ: part of those blocks' definitions
+    if gain is not None and module in VALUE_PATH_KERNELS:
+        factor = factor * gain(depth)
     return factor
 
 

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxnorm.blocks import PRE_NORM_BLOCKS, Block, _norm_kind
+from jaxnorm.blocks import Block, depth_constants
 from jaxnorm.config import ModelConfig
-from jaxnorm.init import (admin_omega_closed_form, admin_omega_profiled, apply_init_scheme,
-                          deepnorm_constants)
+from jaxnorm.init import admin_omega_closed_form, admin_omega_profiled, apply_init_scheme
 from jaxnorm.norms import make_norm
 from jaxnorm.padding import is_padded
+from jaxnorm.placements import norm_kind, placement
 
 # Sequences used by Admin's profiling pass (random tokens: the pass only needs typical activations).
 ADMIN_PROFILE_BATCH = 8
@@ -60,21 +60,22 @@ class Encoder(nnx.Module):
             deltas_LxBxTxD = jnp.zeros((self.depth,), x_BxTxD.dtype)  # broadcasts as a scalar 0 per layer
 
         def layer(x, layer_in):
-            (params_l, rest_l), delta = layer_in
+            (params_l, rest_l), delta, index = layer_in
             block = nnx.merge(graphdef, params_l, rest_l)
             x = x + delta
-            y, diag = block(x, train=train)
+            y, diag = block(x, train=train, layer=index)
             # Only non-parameter state (running statistics, power-iteration vectors) can change.
             return y, (nnx.state(block, nnx.Not(nnx.Param)), diag)
 
         if self.remat:
             layer = jax.checkpoint(layer)
         if self.scan:
-            x_BxTxD, (new_state, diags) = jax.lax.scan(layer, x_BxTxD, (state, deltas_LxBxTxD))
+            x_BxTxD, (new_state, diags) = jax.lax.scan(layer, x_BxTxD,
+                                                       (state, deltas_LxBxTxD, jnp.arange(self.depth)))
         else:  # reference path: same parameters, one layer at a time
             outs = []
             for l in range(self.depth):
-                x_BxTxD, out = layer(x_BxTxD, jax.tree.map(lambda a: a[l], (state, deltas_LxBxTxD)))
+                x_BxTxD, out = layer(x_BxTxD, (*jax.tree.map(lambda a: a[l], (state, deltas_LxBxTxD)), l))
                 outs.append(out)
             new_state, diags = jax.tree.map(lambda *a: jnp.stack(a), *outs)
         if train:  # eval mode leaves state untouched by contract, so a closed-over model stays immutable
@@ -102,8 +103,8 @@ class Model(nnx.Module):
         if cfg.positions == "learned":
             self.pos_embed = nnx.Param(jax.nn.initializers.normal(0.02)(rngs.params(), (cfg.max_len, D)))
         self.encoder = Encoder(cfg, rngs=rngs)
-        if cfg.block in PRE_NORM_BLOCKS:
-            self.final_norm = make_norm(_norm_kind(cfg), D, cfg, rngs=rngs)
+        if placement(cfg.block).final_norm:
+            self.final_norm = make_norm(norm_kind(cfg.block, cfg.norm), D, cfg, rngs=rngs)
         self.head = nnx.Linear(D, cfg.vocab_size, kernel_init=jax.nn.initializers.xavier_uniform(),
                                bias_init=jax.nn.initializers.zeros, rngs=rngs)
         depth = cfg.depth
@@ -112,17 +113,15 @@ class Model(nnx.Module):
             self._set_depth_data(depth)
         apply_init_scheme(self, cfg, rngs.params(), depth)
         self.encoder.blocks.attn.refresh_sigma()  # σReparam's stored u, v must follow rescaled kernels
-        if cfg.block == "admin":
+        if placement(cfg.block).residual == "admin":
             self._set_admin_omega(rngs.params(), depth)
 
     def _set_depth_data(self, depth: jax.Array) -> None:
         """A padded model's layer flags and depth constants, from its active depth (see Block)."""
         blocks, cfg = self.encoder.blocks, self.cfg
         blocks.layer_active[...] = jnp.arange(cfg.depth) < depth
-        if cfg.block == "deepnorm":
-            blocks.residual_scale[...] = jnp.full((cfg.depth,), deepnorm_constants(depth)[0])
-        if cfg.block == "depth_mup":
-            blocks.branch_scale[...] = jnp.full((cfg.depth,), depth ** -cfg.depth_mup_alpha)
+        for name, value in depth_constants(placement(cfg.block), cfg, depth).items():
+            getattr(blocks, name)[...] = jnp.full((cfg.depth,), value, jnp.float32)
 
     def embed(self, tokens_BxT: jax.Array) -> jax.Array:
         T = tokens_BxT.shape[1]

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxnorm.blocks import Block
-from jaxnorm.config import ModelConfig
+from jaxnorm.config import BLOCKS, ModelConfig
 from jaxnorm.init import admin_omega_closed_form, deepnorm_constants, subln_gain
 
 D, F, H, B, T = 8, 16, 2, 2, 5
@@ -108,8 +108,7 @@ def reference(blk, kind, x, depth):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["post_ln", "pre_ln", "sandwich", "deepnorm", "rezero", "admin", "no_norm",
-                                  "no_residual", "b2t", "normformer", "subln", "depth_mup"])
+@pytest.mark.parametrize("kind", [b for b in BLOCKS if b != "mix_ln"])
 def test_block_matches_formula(kind):
     depth = 6
     blk = Block(tiny(kind, depth=depth), rngs=nnx.Rngs(0))
@@ -154,3 +153,34 @@ def test_admin_closed_form_and_subln_gain():
     assert admin_omega_closed_form(12) == pytest.approx(2.017, abs=1e-3)
     assert admin_omega_closed_form(6) == pytest.approx(math.sqrt(7 / math.log(7) - 1))
     assert subln_gain(6) == pytest.approx(math.sqrt(math.log(12)))
+
+
+@pytest.mark.parametrize("depth,alpha", [(8, 0.25), (6, 0.5), (3, 0.25)])
+def test_mix_ln_is_post_ln_below_alpha_l_then_pre_ln(depth, alpha):
+    """Mix-LN (Li et al. 2024): layer l < ⌊α·L⌋ follows the Post-LN formula, the others Pre-LN's."""
+    blk = Block(tiny("mix_ln", depth=depth, mix_ln_alpha=alpha), rngs=nnx.Rngs(0))
+    randomise(blk, jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (B, T, D))
+    cut = math.floor(alpha * depth)
+    for layer in range(depth):
+        y, _ = blk(x, train=False, layer=jnp.int32(layer))
+        kind = "post_ln" if layer < cut else "pre_ln"
+        np.testing.assert_allclose(y, reference(blk, kind, x, depth), rtol=2e-5, atol=2e-5, err_msg=f"layer {layer}")
+
+
+def test_mix_ln_stack_matches_a_loop_of_its_two_placements():
+    """The scanned Mix-LN encoder equals a plain loop: the first ⌊αL⌋ blocks Post-LN, then Pre-LN, then the
+    final norm (the stack ends with Pre-LN layers)."""
+    from jaxnorm.model import Model
+    depth = 8
+    model = Model(tiny("mix_ln", depth=depth, mix_ln_alpha=0.25), rngs=nnx.Rngs(0))
+    randomise(model, jax.random.key(3))
+    tokens = jax.random.randint(jax.random.key(4), (B, T), 0, 7)
+    logits, _ = model(tokens)
+    x = model.embed(tokens)
+    graphdef, stacked = nnx.split(model.encoder.blocks)
+    for l in range(depth):
+        layer_block = nnx.merge(graphdef, jax.tree.map(lambda a: a[l], stacked))
+        x = reference(layer_block, "post_ln" if l < 2 else "pre_ln", x, depth)
+    expected = ln(model.final_norm, x) @ model.head.kernel[...] + model.head.bias[...]
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
