@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnorm.config import ATTENTIONS, ModelConfig
+from jaxnorm import programs
 from jaxnorm.norms import make_norm
 from jaxnorm.placements import placement
 
@@ -60,7 +61,7 @@ def _normalize(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), _TINY)
 
 
-@functools.partial(jax.jit, static_argnames="iters")  # eager callers (init, refresh) compile once
+@functools.partial(programs.jit, static_argnames="iters")  # eager callers (init, refresh) compile once
 def power_iteration(w_IxO: jax.Array, u_I: jax.Array, v_O: jax.Array, iters: int
                     ) -> tuple[jax.Array, jax.Array]:
     """`iters` steps of u ← Wv/‖Wv‖, v ← Wᵀu/‖Wᵀu‖ on a stop-gradiented W; uᵀWv then estimates σ_max(W)."""

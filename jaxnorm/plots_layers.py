@@ -193,7 +193,7 @@ def jacobian_profile(df: pd.DataFrame, layers: Mapping, spectral_method: str | N
     by = f" by {method}" if method else ""
     fig = layer_profile(df, layers, "jac_spectral", dashed="jac_frobenius", steps_key="jacobian_steps",
                         ylabel=r"$\|\partial x_{l+1}/\partial x_l\|$",
-                        styles=(rf"spectral $\|\cdot\|_2$" + (f"\n({method})" if method else ""),
+                        styles=(r"spectral $\|\cdot\|_2$" + (f"\n({method})" if method else ""),
                                 r"Frobenius $\|\cdot\|_F/\sqrt{d}$" + "\n(Hutchinson)"),
                         title=f"Layer-to-layer Jacobian: spectral norm{by} (solid), Hutchinson Frobenius "
                               f"norm / √d (dashed)")

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxnorm import model as model_lib
+from jaxnorm import programs
 from jaxnorm.config import ProbeConfig
 from jaxnorm.paths import path_names
 
@@ -302,18 +303,15 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
     return out
 
 
-# How many configurations' compiled programs a process keeps (here and in jaxnorm.train). Every XLA:CPU
-# executable holds hundreds of memory mappings until it is freed, and Linux allows ~65k per process, so a
-# sweep that kept all its cells' programs crashed after a few dozen cells. Sweeps order cells so that those
-# sharing programs (differing only in learning rate) are adjacent.
-MAX_CACHED_CONFIGS = 2
-
-
-@functools.lru_cache(maxsize=MAX_CACHED_CONFIGS)
 def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = (),
                             unroll: int = 1) -> Callable:
-    one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg, unroll)  # noqa: E731
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=dict(compiler_options) or None)
+    """The compiled S-seed Jacobian probes, cached by `jaxnorm.programs` per model structure and probe config."""
+    def build() -> Callable:
+        one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg, unroll)  # noqa: E731
+        return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)),
+                            compiler_options=dict(compiler_options) or None)
+
+    return programs.cached("jacobian", (graphdef, cfg), (compiler_options, unroll), build)
 
 
 def jacobian_stats_seeds(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array,

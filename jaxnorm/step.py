@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnorm import model as model_lib
-from jaxnorm import optim, padding, probes
+from jaxnorm import optim, padding, probes, programs
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 
 
@@ -140,11 +140,12 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
     return StepFns(init_state, train_step, graphdef)
 
 
-@functools.lru_cache(maxsize=32)
 def cached_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
                     probe_cfg: ProbeConfig) -> StepFns:
-    """Step functions per configuration; the learning rate is not part of the key (it lives in the state)."""
-    return build_step_fns(model_cfg, optim_cfg, train_cfg, probe_cfg)
+    """Step functions per configuration (`jaxnorm.programs`); the learning rate is not part of the key (it
+    lives in the state), and the StepFns own their compiled programs there."""
+    configs = (model_cfg, optim_cfg, train_cfg, probe_cfg)
+    return programs.cached("step_fns", configs, None, lambda: build_step_fns(*configs))
 
 
 def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool,
@@ -171,7 +172,7 @@ def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool
         scalars = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest_metrics)
         return state, scalars, layers
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis), donate_argnums=0)
+    return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis), donate_argnums=0)
 
 
 def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None = None,
@@ -183,5 +184,5 @@ def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None
         _, metrics = fns.train_step(state, batch_fn(data, key), key, True, apply_update=False)
         return metrics.pop("layers"), metrics
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis),
-                   compiler_options=compiler_options)
+    return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis),
+                        compiler_options=compiler_options)

@@ -121,7 +121,7 @@ def init_profile_depth(spec: SweepSpec) -> int | None:
 
 def grouped_across_depths(cells: list[Cell]) -> list[Cell]:
     """`cells` reordered so that those differing only in depth (or learning rate) are adjacent, keeping the
-    grid's order otherwise: padded cells then reuse the few cached programs (probes.MAX_CACHED_CONFIGS)."""
+    grid's order otherwise: padded cells then reuse the few cached programs (`jaxnorm.programs`)."""
     first: dict[tuple, int] = {}
     key = lambda c: (c.block, c.norm, c.attention, c.optimizer, c.clip)  # noqa: E731
     for c in cells:

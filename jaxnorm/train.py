@@ -8,7 +8,6 @@ the optimizer state, so cells that differ only in learning rate reuse one compil
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxnorm import model as model_lib
-from jaxnorm import padding, probes, sharding
+from jaxnorm import padding, probes, programs, sharding
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
 from jaxnorm.data import Dataset, make_dataset
 from jaxnorm.history import History, nonfinite_records, stack_dicts
@@ -27,8 +26,6 @@ from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, ma
 
 # Seeds' probe batch comes from a key independent of their training data.
 PROBE_KEY = 1_000_003
-# Compiled programs of the probes.MAX_CACHED_CONFIGS most recently used configurations (StepFns) only.
-_programs: collections.OrderedDict[StepFns, dict[tuple, Callable]] = collections.OrderedDict()
 
 
 def one_shot_options(runs_once: bool) -> dict | None:
@@ -51,34 +48,24 @@ def resolve_model_config(model_cfg: ModelConfig, data: Dataset) -> ModelConfig:
 
 def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, mesh: Mesh | None, *args: Any,
              once: bool = False) -> Callable:
-    """Compiled programs are cached by everything that shapes them, so a sweep compiles each shape once.
-    `mesh`: the cell's `sharding.train_mesh`. `once`: the program runs once per cell (see `one_shot_options`)."""
-    key = (kind, jax.tree.structure(data), batch_size, mesh, once, *args)
-    programs = _programs_of(fns)
-    if key not in programs:
+    """Compiled programs are cached (`jaxnorm.programs`) by everything that shapes them, so a sweep compiles
+    each shape once. `mesh`: the cell's `sharding.train_mesh`. `once`: the program runs once per cell (see
+    `one_shot_options`)."""
+
+    def build() -> Callable:
         batch_fn = lambda d, k: sharding.shard_batch(d.batch(k, batch_size), mesh)  # noqa: E731
         options, axis = one_shot_options(once), sharding.seed_axis_name(mesh)
         if kind == "chunk":
-            programs[key] = make_chunk(fns, batch_fn, *args, seed_axis=axis)
-        elif kind == "measure":
-            programs[key] = make_measure(fns, batch_fn, options, seed_axis=axis)
-        elif kind == "eval":
-            programs[key] = _make_eval(fns, batch_size, *args, compiler_options=options)
-        elif kind == "init":  # (keys, lr, active depth of a padded model or None)
-            programs[key] = jax.jit(jax.vmap(fns.init_state, in_axes=(0, None, None)), compiler_options=options)
-    return programs[key]
+            return make_chunk(fns, batch_fn, *args, seed_axis=axis)
+        if kind == "measure":
+            return make_measure(fns, batch_fn, options, seed_axis=axis)
+        if kind == "eval":
+            return _make_eval(fns, batch_size, *args, compiler_options=options)
+        if kind == "init":  # (keys, lr, active depth of a padded model or None)
+            return programs.jit(jax.vmap(fns.init_state, in_axes=(0, None, None)), compiler_options=options)
+        raise ValueError(f"program kind: invalid value {kind!r}; allowed: chunk, measure, eval, init")
 
-
-def _programs_of(fns: StepFns) -> dict[tuple, Callable]:
-    """This configuration's program cache; the least recently used configuration's programs are dropped
-    (and with them their executables) beyond probes.MAX_CACHED_CONFIGS."""
-    if fns in _programs:
-        _programs.move_to_end(fns)
-    else:
-        _programs[fns] = {}
-        while len(_programs) > probes.MAX_CACHED_CONFIGS:
-            _programs.popitem(last=False)
-    return _programs[fns]
+    return programs.cached("train", fns, (kind, jax.tree.structure(data), batch_size, mesh, once, *args), build)
 
 
 def _make_eval(fns: StepFns, batch_size: int, eval_batches: int, z_loss: float,
@@ -93,7 +80,7 @@ def _make_eval(fns: StepFns, batch_size: int, eval_batches: int, z_loss: float,
         m = jax.lax.map(one, jax.random.split(key, eval_batches))
         return m["loss"].mean(), m["accuracy"].mean()
 
-    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=compiler_options)
+    return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)), compiler_options=compiler_options)
 
 
 def _step_key_config(train_cfg: TrainConfig) -> TrainConfig:

@@ -38,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
 from jaxnorm import model as model_lib  # noqa: E402
-from jaxnorm import probes, sharding  # noqa: E402
+from jaxnorm import probes, programs, sharding  # noqa: E402
 from jaxnorm import train as train_lib  # noqa: E402
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig  # noqa: E402
 from jaxnorm.data import make_dataset  # noqa: E402
@@ -256,8 +256,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
 
     def fresh(kind: str, *args: Any) -> Callable[[], Any]:
         def make():  # the caches emptied, so the program is traced, lowered and compiled anew
-            train_lib._programs.clear()
-            probes._jacobian_stats_program.cache_clear()
+            programs.clear()
             if kind == "jacobian":
                 return probes._jacobian_stats_program(fns.graphdef, probe_cfg, options, probes.end_to_end_unroll())
             return train_lib._program(kind, fns, data, B, sharding.train_mesh(S), *args, once=True)
@@ -265,7 +264,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
 
     state = jax.eval_shape(fresh("init")(), init_keys, lr, active)
     tokens = train_lib.probe_tokens(data, probe_cfg)
-    programs = {
+    to_time = {
         "init": (fresh("init"), (init_keys, lr, active)),
         "measure (probed step, no update)": (fresh("measure"), (state, init_keys, data)),
         "eval": (fresh("eval", train_cfg.eval_batches, train_cfg.z_loss),
@@ -273,7 +272,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
         "jacobian probes": (fresh("jacobian"), (state.params, state.rest, tokens, jax.random.key(0))),
     }
     rows = []
-    for name, (make, args) in programs.items():
+    for name, (make, args) in to_time.items():
         lower_s, compile_s = cold_compile(make, *args)
         rows.append({"program": name, "lower_s": lower_s, "compile_s": compile_s})
     return rows

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxnorm import probes
+from jaxnorm import programs
 from jaxnorm import train as train_lib
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 
@@ -23,7 +23,7 @@ def tiny_train(**kw):
 
 
 def _cached_program_keys() -> list[tuple]:
-    return [key for programs in train_lib._programs.values() for key in programs]
+    return programs.cached_keys("train")
 
 
 def test_pre_ln_learns_reverse():
@@ -38,7 +38,7 @@ def test_pre_ln_learns_reverse():
 
 def test_vmapped_seeds_equal_separate_runs_and_compile_once():
     optim = OptimConfig(lr=2e-3)
-    train_lib._programs.clear()
+    programs.clear()
     together = train_lib.train(SMALL, optim, tiny_train(seeds=3, seed=5), NO_JAC)
     chunk_programs = [k for k in _cached_program_keys() if k[0] == "chunk"]
     assert len(chunk_programs) == 1  # 3 seeds, 20 steps in chunks of 5: one compiled program
@@ -88,7 +88,7 @@ def test_rerun_is_identical():
 
 
 def test_lr_change_does_not_recompile():
-    train_lib._programs.clear()
+    programs.clear()
     h1 = train_lib.train(SMALL, OptimConfig(lr=1e-3), tiny_train(), NO_JAC)
     n = len(_cached_program_keys())
     h2 = train_lib.train(SMALL, OptimConfig(lr=3e-3), tiny_train(), NO_JAC)
@@ -131,24 +131,23 @@ def _memory_maps() -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="counts Linux memory mappings")
 def test_compiled_programs_do_not_accumulate_over_cells():
     # Every XLA:CPU executable pins memory mappings until freed; Linux allows ~65k per process, and a sweep
-    # that kept every cell's programs crashed after ~50 cells. Only the last MAX_CACHED_CONFIGS stay.
+    # that kept every cell's programs crashed after ~50 cells. Only the last MAX_CACHED_OWNERS stay.
     model = ModelConfig(depth=1, d_model=16, num_heads=2, d_ff=32)
     cfg = TrainConfig(task="copy", steps=0, seq_len=4, batch_size=4, progress=False)
     probe = ProbeConfig(power_iters=2, hutchinson_samples=1, probe_batch=1)
     # Start from nothing awaiting collection: executables that earlier tests in this process dropped are
     # unmapped when the garbage collector runs, which would otherwise happen mid-count.
-    probes._jacobian_stats_program.cache_clear()
-    train_lib._programs.clear()
+    programs.clear()
     gc.collect()
     counts = [_memory_maps()]
     for depth in range(1, 5):
         train_lib.train(model.replace(depth=depth), OptimConfig(), cfg, probe)
         gc.collect()
         counts.append(_memory_maps())
-    assert len(train_lib._programs) == probes.MAX_CACHED_CONFIGS
+    assert programs.num_owners("train") == programs.MAX_CACHED_OWNERS["train"]
     # A cell's worth: the larger of the first two cells' growth (in a process that has freed executables
     # before, new ones may partly reuse its old mappings, so a single cell can read low).
     one_cell = max(counts[1] - counts[0], counts[2] - counts[1])
     assert one_cell > 0
     # The two cells after the cache filled up add less than one cell's worth (unbounded: ~2 cells' worth).
-    assert counts[-1] - counts[probes.MAX_CACHED_CONFIGS] < one_cell, counts
+    assert counts[-1] - counts[programs.MAX_CACHED_OWNERS["train"]] < one_cell, counts
