@@ -107,14 +107,29 @@ class Block(nnx.Module):
                  layer: jax.Array | int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
         """`layer`: this block's index in the stack (the mix scheme switches on it)."""
         if self.placement.residual == "mix":
-            # Post-LN below ⌊α·L⌋, Pre-LN from there: a per-layer switch inside the scan. nnx.cond keeps the
-            # module state (running statistics, power-iteration vectors) of the branch taken.
-            y, diag = nnx.cond(layer < _value(self.post_layers), lambda b, h: b._forward(h, train, "post"),
-                               lambda b, h: b._forward(h, train, "pre"), self, x_BxTxD)
+            y, diag = self._mixed(x_BxTxD, train, layer < _value(self.post_layers))
         else:
             y, diag = self._forward(x_BxTxD, train, self.placement.residual)
         if hasattr(self, "layer_active"):  # a padded model's inactive layer is the identity
             y = jnp.where(self.layer_active[...], y, x_BxTxD)
+        return y, diag
+
+    def _mixed(self, x_BxTxD: jax.Array, train: bool, post: jax.Array | bool) -> tuple[jax.Array, dict]:
+        """Post-LN where `post`, else Pre-LN: a per-layer switch inside the scan (`lax.cond`, so one branch
+        runs). The branches are pure functions of the block's split state; in train mode the non-parameter
+        state of the branch taken (running statistics, power-iteration vectors) is written back."""
+        graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+
+        def branch(scheme: str):
+            def run(params, rest, x):
+                block = nnx.merge(graphdef, params, rest)
+                y, diag = block._forward(x, train, scheme)
+                return y, diag, nnx.state(block, nnx.Not(nnx.Param))
+            return run
+
+        y, diag, new_rest = jax.lax.cond(post, branch("post"), branch("pre"), params, rest, x_BxTxD)
+        if train:
+            nnx.update(self, new_rest)
         return y, diag
 
     def _forward(self, x_BxTxD: jax.Array, train: bool, scheme: str) -> tuple[jax.Array, dict[str, jax.Array]]:

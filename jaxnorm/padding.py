@@ -25,11 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxnorm import metrics
 from jaxnorm.config import ConfigError, ModelConfig
 from jaxnorm.paths import path_names
 
-# Jacobian-probe outputs with a layer axis (after the seed axis); the others are per seed.
-PER_LAYER_JACOBIAN = ("jac_spectral", "jac_frobenius")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +76,8 @@ def mask_inactive(tree: Any, mask_L: jax.Array | None) -> Any:
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def unpad_layers(rows: dict[str, Any], active: int, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Recorded rows [rows, S, L, ...] cut to their first `active` layers: the entries named in `keys`, or
-    (keys None: the per-layer probes) every entry with a layer axis, i.e. all but per-step scalars [rows, S]."""
-    def cut(k, v):
-        per_layer = k in keys if keys is not None else v.ndim >= 3
-        return v[:, :, :active] if per_layer else v
-    return {k: cut(k, v) for k, v in rows.items()}
+def unpad_layers(rows: dict[str, Any], active: int) -> dict[str, Any]:
+    """Recorded rows [rows, S, L, ...] cut to their first `active` layers: every entry the metric registry
+    (`jaxnorm.metrics`) declares per layer; the others (per seed, e.g. `jac_end_to_end`) stay whole."""
+    per_layer = set(metrics.names(per_layer=True))
+    return {k: v[:, :, :active] if k in per_layer else v for k, v in rows.items()}

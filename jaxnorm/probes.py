@@ -27,9 +27,9 @@ from flax import nnx
 from jaxnorm import model as model_lib
 from jaxnorm import programs
 from jaxnorm.config import ProbeConfig
+from jaxnorm.metrics import GROUPS
 from jaxnorm.paths import path_names
 
-GROUPS = ("attn_qk", "attn_vo", "mlp_in", "mlp_out", "norm", "all")
 # Sub-module name -> group. Leaves under none of these and under no norm (rezero_alpha, admin_omega,
 # σReparam's gamma_*, cosine attention's logit_scale) are counted in `all` only.
 _SUBMODULE_GROUP = {"query": "attn_qk", "key": "attn_qk", "value": "attn_vo", "out": "attn_vo",
@@ -95,12 +95,18 @@ def squared_norms(tree: Any) -> tuple[jax.Array, jax.Array]:
     return sq_L, sum(others, jnp.zeros((), jnp.float32))
 
 
+def first_bad_layer(sq_L: jax.Array) -> jax.Array:
+    """int32 index of the first layer whose sum of squares (`squared_norms`) is non-finite, −1 if none.
+    A NaN/Inf anywhere in a layer's leaves makes its sum non-finite, so one pass of squared norms gives the
+    global norm, its finiteness and this layer together."""
+    bad_L = ~jnp.isfinite(sq_L)
+    return jnp.where(jnp.any(bad_L), jnp.argmax(bad_L), -1).astype(jnp.int32)
+
+
 def first_nonfinite_layer(grads: Any) -> jax.Array:
     """int32 index of the first layer whose block gradients hold a NaN/Inf, −1 if none (or if only
     non-block leaves such as the embedding are non-finite)."""
-    bad_L = functools.reduce(jnp.logical_or, [
-        ~jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim))) for _, leaf in _block_leaves(grads)])
-    return jnp.where(jnp.any(bad_L), jnp.argmax(bad_L), -1).astype(jnp.int32)
+    return first_bad_layer(squared_norms(grads)[0])
 
 
 def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Array | None,
@@ -141,14 +147,18 @@ def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: 
                     ) -> tuple[jax.Array, jax.Array, Callable, Any]:
     """Eval-mode stream: (x_0, inputs x_LxBxTxD of every layer, block_fn, stacked block state).
 
-    `block_fn(state_l, x)` = block_l(x)[0] is the map x_l ↦ x_{l+1} whose Jacobian the probes measure.
+    `block_fn(state_l, x)` = block_l(x)[0] is the map x_l ↦ x_{l+1} whose Jacobian the probes measure;
+    `state_l` is layer l's slice of the stacked state (its block state and its index l).
     The zero deltas of the train step are omitted: adding zero does not change the map."""
     model = nnx.merge(graphdef, params, rest)
     x0_BxTxD = model.embed(tokens_BxT)
-    block_graphdef, block_state = nnx.split(model.encoder.blocks)
+    block_graphdef, stacked = nnx.split(model.encoder.blocks)
+    # Each layer's state carries its index: a block may depend on where it sits (Mix-LN switches on it).
+    block_state = (stacked, jnp.arange(model.encoder.depth))
 
     def block_fn(state_l: Any, x_BxTxD: jax.Array) -> jax.Array:
-        return nnx.merge(block_graphdef, state_l)(x_BxTxD, train=False)[0]
+        params_l, index = state_l
+        return nnx.merge(block_graphdef, params_l)(x_BxTxD, train=False, layer=index)[0]
 
     _, xs_LxBxTxD = jax.lax.scan(lambda x, s: (block_fn(s, x), x), x0_BxTxD, block_state)
     return x0_BxTxD, xs_LxBxTxD, block_fn, block_state

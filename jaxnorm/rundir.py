@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from jaxnorm.cell_stats import FINAL_WINDOW, summarize_seed  # noqa: F401 (FINAL_WINDOW re-exported)
+from jaxnorm import metrics
 from jaxnorm.config import ConfigError
 from jaxnorm.history import History
 from jaxnorm.sweep_spec import Cell, SweepSpec, spec_to_dict
 
 FORMAT_VERSION = 1
-METRIC_KEYS = ("loss", "accuracy", "grad_norm", "grad_norm_clipped", "clipped", "update_norm", "lr", "log_z")
+METRIC_KEYS = metrics.names(jsonl=True)  # the per-step scalars of the metric registry
 
 
 # --- atomic files ---------------------------------------------------------------------------------------

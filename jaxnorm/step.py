@@ -113,8 +113,7 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         diverged_now = state.alive & (~loss_ok | (loss > train_cfg.divergence_factor * init_loss))
         what = jnp.where(~loss_ok, 1, jnp.where(~grads_ok, 2, jnp.where(~updates_ok, 3, 0)))
         first_bad = (state.nonfinite_step < 0) & (what > 0)
-        bad_L = ~jnp.isfinite(sq_L)
-        bad_layer = jnp.where(jnp.any(bad_L), jnp.argmax(bad_L), -1).astype(jnp.int32)
+        bad_layer = probes.first_bad_layer(sq_L)
 
         keep = state.alive & ~diverged_now & jnp.asarray(apply_update)
         choose = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)  # noqa: E731

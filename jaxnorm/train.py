@@ -190,7 +190,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     layers, jacobian = stack_dicts(layer_rows), stack_dicts(jac_rows)
     if active is not None:
         layers = padding.unpad_layers(layers, active)
-        jacobian = padding.unpad_layers(jacobian, active, padding.PER_LAYER_JACOBIAN)
+        jacobian = padding.unpad_layers(jacobian, active)
     return History(
         seeds=seeds,
         steps=np.arange(metrics["loss"].shape[0]),

@@ -115,7 +115,7 @@ def test_unpad_layers_cuts_only_layer_axes():
     cut = unpad_layers(rows, 4)
     assert cut["grad_norm/all"].shape == (2, 3, 4) and cut["attn_entropy"].shape == (2, 3, 4, 4)
     assert cut["amplification"].shape == (2, 3)
-    assert unpad_layers(rows, 4, ("grad_norm/all",))["jac_singular_values"].shape == (2, 3, 6)
+    assert cut["jac_singular_values"].shape == (2, 3, 6)  # all singular values of one matrix: no layer axis
 
 
 def test_init_sweeps_pad_to_their_largest_depth_and_group_cells_by_block():

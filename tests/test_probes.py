@@ -40,8 +40,8 @@ def unscanned_stream(graphdef, params, rest, tokens, train=False):
     model = nnx.merge(graphdef, params, rest)
     block_graphdef, block_state = nnx.split(model.encoder.blocks)
     depth = jax.tree.leaves(block_state)[0].shape[0]
-    fns = [lambda x, s=jax.tree.map(lambda a: a[l], block_state): nnx.merge(block_graphdef, s)(x, train=train)[0]
-           for l in range(depth)]
+    fns = [lambda x, s=jax.tree.map(lambda a: a[l], block_state), l=l:
+           nnx.merge(block_graphdef, s)(x, train=train, layer=l)[0] for l in range(depth)]
     xs = [model.embed(tokens)]
     for f in fns:
         xs.append(f(xs[-1]))
@@ -67,7 +67,7 @@ def dense_reference(graphdef, params, rest, tokens):
 
 # --- Jacobian estimators vs dense Jacobians ----------------------------------------------------------
 
-@pytest.mark.parametrize("block", ["pre_ln", "post_ln"])
+@pytest.mark.parametrize("block", ["pre_ln", "post_ln", "mix_ln"])
 def test_jacobian_estimators_match_dense(block):
     cfg = TINY.replace(block=block)
     graphdef, params, rest, batch = setup(cfg)
@@ -126,12 +126,19 @@ def test_lanczos_is_exact_on_an_invariant_space():
         np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
-def test_residual_stream_matches_loop():
-    graphdef, params, rest, batch = setup()
+@pytest.mark.parametrize("cfg", [TINY, TINY.replace(block="mix_ln", depth=4, mix_ln_alpha=0.5)])
+def test_residual_stream_matches_loop(cfg):
+    """The probes' stream equals a loop over the model's blocks, and its end-to-end map ends where the model's
+    encoder does (Mix-LN: the probes' layer maps must know each layer's index)."""
+    graphdef, params, rest, batch = setup(cfg)
     x0, xs_L, _, _ = probes.residual_stream(graphdef, params, rest, batch["inputs"])
-    ref, _, _ = unscanned_stream(graphdef, params, rest, batch["inputs"])
+    ref, _, model = unscanned_stream(graphdef, params, rest, batch["inputs"])
     np.testing.assert_allclose(x0, ref[0], rtol=1e-6)
     np.testing.assert_allclose(xs_L, np.stack(ref[:-1]), rtol=1e-5, atol=1e-6)
+    stack_fn, _ = probes.end_to_end_map(graphdef, params, rest, batch["inputs"])
+    encoded, _ = model.encoder(model.embed(batch["inputs"]), train=False)
+    np.testing.assert_allclose(stack_fn(x0), encoded, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ref[-1], encoded, rtol=1e-5, atol=1e-6)
 
 
 def test_jacobian_families_and_seeds():
