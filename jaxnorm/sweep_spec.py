@@ -21,12 +21,12 @@ import math
 from typing import Any
 
 from jaxnorm.config import (
-    ATTENTIONS, BLOCKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, ConfigError, ModelConfig, OptimConfig,
-    ProbeConfig, TrainConfig, from_dict, to_dict,
+    ATTENTIONS, BLOCKS, CAUSAL_TASKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TEXT_TASKS, ConfigError,
+    ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict, to_dict,
 )
 
-# The synthetic tasks are bidirectional encoders; `lm` is a causal decoder (jaxnorm.data decides the same).
-CAUSAL_TASKS = ("lm",)
+# `lm` is a causal decoder; `mlm` and the synthetic tasks are bidirectional encoders (CAUSAL_TASKS, as
+# jaxnorm.data decides). `lm` and `mlm` read a text corpus (TEXT_TASKS); only they accept --text-file.
 CLIP_FORMS = "none, global_norm:<c>, value:<c>, agc:<c> (c a number > 0)"
 # Grid axes in expansion order (the last varies fastest) with the CLI flag that sets each.
 AXES = ("depths", "blocks", "norms", "attentions", "optimizers", "clips", "lrs")
@@ -211,13 +211,13 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 def check_data(spec: SweepSpec) -> None:
     """The task's data can be prepared (an unreadable or too short --text-file fails here, before
-    anything is written); raises ConfigError or jaxnorm.data.DataError. Reads the lm corpus once."""
+    anything is written); raises ConfigError or jaxnorm.data.DataError. Reads a text task's corpus once."""
     from jaxnorm.data import make_dataset
 
-    if spec.train.text_file is not None and spec.train.task not in CAUSAL_TASKS:
+    if spec.train.text_file is not None and spec.train.task not in TEXT_TASKS:
         raise ConfigError(f"TrainConfig.text_file (--text-file): invalid value {spec.train.text_file!r} for task "
-                          f"{spec.train.task!r}; allowed: a text file only with task lm")
-    if spec.train.task in CAUSAL_TASKS:
+                          f"{spec.train.task!r}; allowed: a text file only with task {' or '.join(TEXT_TASKS)}")
+    if spec.train.task in TEXT_TASKS:
         make_dataset(spec.train)
 
 
