@@ -271,8 +271,9 @@ def _paper() -> SweepSpec:
 def _init() -> SweepSpec:
     """`python -m experiments.init_gradients` (= `--preset init`): gradients at initialisation only.
 
-    Every block at depths 2..64, TrainConfig.steps = 0: one measured forward/backward pass and the
-    Jacobian probes per cell, no training (72 cells × 2 seeds). Each program of such a cell runs once, so
+    Every block at depths 2..64 on the `mlm` task (BERT-style masked characters of the built-in corpus,
+    a bidirectional encoder on real text, seq_len 32), TrainConfig.steps = 0: one measured
+    forward/backward pass and the Jacobian probes per cell, no training (72 cells × 2 seeds). Each program of such a cell runs once, so
     compiling is nearly all the cost; the sweep therefore pads every cell to depth 64 (jaxnorm.padding:
     the same results, up to float32 rounding) and the six depths of a block share one set of programs.
     Measured end to end on a 2-core CPU with an empty compilation cache: 4 min 13 s (12 min when every
@@ -286,7 +287,7 @@ def _init() -> SweepSpec:
         depths=(2, 4, 8, 16, 32, 64), blocks=BLOCKS, norms=("layernorm",), attentions=("dot",),
         optimizers=("adamw",), clips=("none",), lrs=(1e-3,), seeds=2,
         model=ModelConfig(d_model=32, num_heads=2, d_ff=64),
-        train=TrainConfig(task="reverse", steps=0, batch_size=16, seq_len=16),
+        train=TrainConfig(task="mlm", steps=0, batch_size=16, seq_len=32),
         probe=ProbeConfig(power_iters=10, hutchinson_samples=4, probe_batch=2),
     )
 
