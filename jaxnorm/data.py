@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm.config import CAUSAL_TASKS, SYNTHETIC_TASKS, TEXT_TASKS, TrainConfig
+
 # Salts folded into the key per split: eval batches differ from train batches drawn with the same key,
 # and neither equals the raw key's stream (a train loop may well use fold_in(key, step) itself).
 SPLIT_SALTS = {"train": zlib.crc32(b"jaxnorm/train") >> 1, "eval": zlib.crc32(b"jaxnorm/eval") >> 1}
@@ -45,9 +46,9 @@ class DataError(ValueError):
 class Dataset:
     """A task: its vocabulary, sequence length and a batch sampler.
 
-    For the text tasks (``lm``, ``mlm``) the encoded corpus splits are device arrays held here; the class is a pytree (those
-    arrays are its leaves), so it can be passed into a jitted function instead of being baked in as a
-    constant."""
+    For the text tasks (``lm``, ``mlm``) the encoded corpus splits are device arrays held here; the
+    class is a pytree (those arrays are its leaves), so it can be passed into a jitted function instead
+    of being baked in as a constant."""
 
     name: str
     vocab_size: int
