@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lrs", help="comma-separated peak learning rates > 0, e.g. 1e-3,3e-3")
     a("--seeds", help="models per cell, trained together (vmapped); integer >= 1")
     a("--steps", help="optimizer steps per cell; 0 = gradients at initialisation only")
-    a("--task", help=f"one of: {', '.join(TASKS)} (lm is causal; the others bidirectional)")
+    a("--task", help=f"one of: {', '.join(TASKS)} (lm is causal; mlm and the others bidirectional)")
     a("--batch-size", help="sequences per step, integer >= 1")
     a("--seq-len", help="sequence length T (even for reverse/sort/copy)")
     a("--d-model", help="residual width D (divisible by --heads)")
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-every", help="metrics to the host (and metrics.jsonl) every N steps")
     a("--eval-every", help="held-out loss every N steps (and at the end)")
     a("--probe-every", help="Jacobian probes every N steps (and at step 0 and the end)")
-    a("--text-file", help="corpus for --task lm (default: the Python standard library's source)")
+    a("--text-file", help="corpus for --task lm or mlm (default: the Python standard library's source)")
     for flag, (_, field, allowed) in CHOICE_FLAGS.items():
         a(flag, help=f"{field}, one of: {', '.join(allowed)}")
     a("--depth-mup-alpha", help="depth_mup branch multiplier exponent α (branches scaled by L^-α), >= 0")

@@ -29,7 +29,13 @@ OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd", "lion", "adafactor")
 CLIPS = ("none", "global_norm", "value", "agc")
 SCHEDULES = ("constant", "warmup_constant", "warmup_cosine", "inverse_sqrt")
 
-TASKS = ("lm", "reverse", "sort", "copy")
+TASKS = ("lm", "mlm", "reverse", "sort", "copy")
+# Task groups. Text tasks read a corpus (the built-in one or `text_file`); the synthetic ones draw random
+# symbol sequences. Causality is a separate property: only `lm` is a causal decoder, `mlm` and the
+# synthetic tasks are bidirectional encoders.
+TEXT_TASKS = ("lm", "mlm")
+SYNTHETIC_TASKS = ("reverse", "sort", "copy")
+CAUSAL_TASKS = ("lm",)
 SPECTRAL_METHODS = ("lanczos", "power")
 
 # Norms that mix positions along the sequence: with a causal mask they would leak the future into
@@ -180,12 +186,12 @@ class OptimConfig:
 class TrainConfig:
     """One training run ("cell"): task, length, batch, seeds, logging and divergence rule."""
 
-    task: str = "reverse"          # one of TASKS; lm is causal, the synthetic tasks are bidirectional
+    task: str = "reverse"          # one of TASKS; lm is causal, mlm and the synthetic tasks are bidirectional
     steps: int = 300               # optimizer steps; 0 = only profile the model at initialisation
     batch_size: int = 32           # sequences per step (sharded over local devices when several)
     seq_len: int = 16              # T; for reverse/sort/copy the input half is seq_len // 2
     num_symbols: int = 16          # alphabet size of the synthetic tasks
-    text_file: str | None = None   # lm corpus; None = the Python standard library's own source (offline)
+    text_file: str | None = None   # lm/mlm corpus; None = the Python standard library's own source (offline)
     text_bytes: int = 2_000_000    # byte budget read from the corpus (deterministic prefix)
     seeds: int = 1                 # S models trained together (vmapped) from seeds seed, seed+1, ...
     seed: int = 0                  # first seed
@@ -214,7 +220,7 @@ class TrainConfig:
         check_bool(o, "progress", self.progress)
         if self.text_file is not None and not isinstance(self.text_file, str):
             _fail(o, "text_file", self.text_file, "a path string or None")
-        if self.task in ("reverse", "sort", "copy") and self.seq_len % 2:
+        if self.task in SYNTHETIC_TASKS and self.seq_len % 2:
             _fail(o, "seq_len", self.seq_len, f"an even number for task {self.task!r}")
 
     def replace(self, **changes: Any) -> "TrainConfig":

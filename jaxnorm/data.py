@@ -1,10 +1,11 @@
-"""Tasks: ``lm`` (char-level language modelling on local text) and ``reverse``, ``sort``, ``copy``.
+"""Tasks: ``lm`` (char-level language modelling on local text), ``mlm`` (BERT-style masked
+char-level modelling on the same text) and ``reverse``, ``sort``, ``copy``.
 
 Batches are drawn on device from a PRNG key by a pure, jittable function: no input pipeline, no host
 round-trip, and ``jax.vmap`` over keys gives each seed its own stream. The synthetic tasks are the
 classic probes of whether gradients reach every position: reversal in particular needs information to
-travel between distant positions. ``lm`` needs no download: by default its corpus is the Python standard
-library's own source, which every installation carries.
+travel between distant positions. The text tasks need no download: by default their corpus is the
+Python standard library's own source, which every installation carries.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm.config import TrainConfig
+from jaxnorm.config import CAUSAL_TASKS, SYNTHETIC_TASKS, TEXT_TASKS, TrainConfig
 
-SYNTHETIC_TASKS = ("reverse", "sort", "copy")
 # Salts folded into the key per split: eval batches differ from train batches drawn with the same key,
 # and neither equals the raw key's stream (a train loop may well use fold_in(key, step) itself).
 SPLIT_SALTS = {"train": zlib.crc32(b"jaxnorm/train") >> 1, "eval": zlib.crc32(b"jaxnorm/eval") >> 1}
 TRAIN_FRACTION_TENTHS = 9          # first 90% of the corpus trains, last 10% evaluates
 EXCLUDED_DIRS = {"site-packages", "dist-packages"}
+# mlm (Devlin et al. 2019, BERT): each position is chosen for prediction with probability MLM_CHOOSE
+# (at least one per sequence); a chosen position's input becomes MASK with probability MLM_MASK, a
+# uniformly random corpus token with probability MLM_RANDOM, and stays unchanged otherwise.
+MLM_CHOOSE = 0.15
+MLM_MASK = 0.8
+MLM_RANDOM = 0.1
 
 
 class DataError(ValueError):
@@ -40,18 +46,18 @@ class DataError(ValueError):
 class Dataset:
     """A task: its vocabulary, sequence length and a batch sampler.
 
-    For ``lm`` the encoded corpus splits are device arrays held here; the class is a pytree (those
-    arrays are its leaves), so it can be passed into a jitted function instead of being baked in as a
-    constant."""
+    For the text tasks (``lm``, ``mlm``) the encoded corpus splits are device arrays held here; the
+    class is a pytree (those arrays are its leaves), so it can be passed into a jitted function instead
+    of being baked in as a constant."""
 
     name: str
     vocab_size: int
     seq_len: int
     causal: bool
     num_symbols: int = 0                   # synthetic tasks: alphabet size; MASK = num_symbols
-    corpus_fingerprint: str | None = None  # lm: sha256 of the corpus bytes used
-    train_tokens: jax.Array | None = None  # lm: int32 ids of the first 90% of the corpus
-    eval_tokens: jax.Array | None = None   # lm: int32 ids of the last 10%
+    corpus_fingerprint: str | None = None  # text tasks: sha256 of the corpus bytes used
+    train_tokens: jax.Array | None = None  # text tasks: int32 ids of the first 90% of the corpus
+    eval_tokens: jax.Array | None = None   # text tasks: int32 ids of the last 10%
 
     def batch(self, key: jax.Array, batch_size: int, split: str = "train") -> dict[str, jax.Array]:
         """``inputs``, ``targets`` int32[B, T] and loss mask ``weights`` float32[B, T]. ``batch_size`` and
@@ -59,8 +65,10 @@ class Dataset:
         if split not in SPLIT_SALTS:
             raise ValueError(f"split: invalid value {split!r}; allowed: {', '.join(SPLIT_SALTS)}")
         key = jax.random.fold_in(key, SPLIT_SALTS[split])
-        if self.name == "lm":
+        if self.name in TEXT_TASKS:
             tokens = self.train_tokens if split == "train" else self.eval_tokens
+            if self.name == "mlm":
+                return _mlm_batch(tokens, key, batch_size, self.seq_len, self.vocab_size - 1)
             return _lm_batch(tokens, key, batch_size, self.seq_len)
         return _synthetic_batch(self.name, key, batch_size, self.seq_len, self.num_symbols)
 
@@ -71,12 +79,12 @@ jax.tree_util.register_dataclass(
 
 
 def make_dataset(cfg: TrainConfig) -> Dataset:
-    """The dataset of ``cfg.task``; raises :class:`DataError` if the lm corpus is unusable."""
+    """The dataset of ``cfg.task``; raises :class:`DataError` if a text task's corpus is unusable."""
     if cfg.task in SYNTHETIC_TASKS:
         return Dataset(name=cfg.task, vocab_size=cfg.num_symbols + 1, seq_len=cfg.seq_len, causal=False,
                        num_symbols=cfg.num_symbols)
-    if cfg.task == "lm":
-        return _make_lm(cfg)
+    if cfg.task in TEXT_TASKS:
+        return _make_text(cfg)
     raise ValueError(f"TrainConfig.task: invalid value {cfg.task!r}")  # unreachable: config validates
 
 
@@ -104,7 +112,7 @@ def _synthetic_batch(task: str, key: jax.Array, batch_size: int, seq_len: int,
     }
 
 
-# --- lm ----------------------------------------------------------------------------------------------
+# --- lm, mlm -----------------------------------------------------------------------------------------
 
 
 def _lm_batch(tokens: jax.Array, key: jax.Array, batch_size: int, seq_len: int) -> dict[str, jax.Array]:
@@ -118,12 +126,36 @@ def _lm_batch(tokens: jax.Array, key: jax.Array, batch_size: int, seq_len: int) 
     }
 
 
+def _mlm_batch(tokens: jax.Array, key: jax.Array, batch_size: int, seq_len: int,
+               mask_id: int) -> dict[str, jax.Array]:
+    """Random windows c[o : o+T] with BERT's corruption. Each position is chosen with probability
+    MLM_CHOOSE (the position of the smallest draw is chosen too, so every sequence has one); a chosen
+    input becomes ``mask_id`` (MLM_MASK), a random token in [0, mask_id) (MLM_RANDOM) or stays. Targets
+    are the original window, scored only at the chosen positions."""
+    k_offset, k_choose, k_kind, k_random = jax.random.split(key, 4)
+    offsets_B = jax.random.randint(k_offset, (batch_size,), 0, tokens.shape[0] - seq_len)
+    window_BxT = tokens[offsets_B[:, None] + jnp.arange(seq_len)]
+    u_BxT = jax.random.uniform(k_choose, (batch_size, seq_len))
+    first_B = jnp.argmin(u_BxT, axis=1)
+    chosen_BxT = (u_BxT < MLM_CHOOSE) | (jnp.arange(seq_len) == first_B[:, None])
+    kind_BxT = jax.random.uniform(k_kind, (batch_size, seq_len))
+    random_BxT = jax.random.randint(k_random, (batch_size, seq_len), 0, mask_id, dtype=jnp.int32)
+    corrupted_BxT = jnp.where(kind_BxT < MLM_MASK, mask_id,
+                              jnp.where(kind_BxT < MLM_MASK + MLM_RANDOM, random_BxT, window_BxT))
+    return {
+        "inputs": jnp.where(chosen_BxT, corrupted_BxT, window_BxT).astype(jnp.int32),
+        "targets": window_BxT,
+        "weights": chosen_BxT.astype(jnp.float32),
+    }
+
+
 def min_corpus_bytes(seq_len: int) -> int:
     """Fewest bytes for which both splits hold one window of T+1: the eval split has ⌈N/10⌉ bytes."""
     return 10 * seq_len + 1
 
 
-def _make_lm(cfg: TrainConfig) -> Dataset:
+def _make_text(cfg: TrainConfig) -> Dataset:
+    """lm or mlm on the corpus; mlm adds one token, MASK = the corpus vocabulary size."""
     data = _stdlib_corpus(cfg.text_bytes) if cfg.text_file is None else _read_text_file(cfg)
     codes = np.frombuffer(data, np.uint8)
     vocab = np.unique(codes)                   # sorted distinct byte values: ~100 for source code
@@ -134,7 +166,8 @@ def _make_lm(cfg: TrainConfig) -> Dataset:
     if len(ids) - n_train < cfg.seq_len + 1:   # only reachable with a stdlib-sized text_bytes budget
         raise DataError(f"TrainConfig.text_bytes: {cfg.text_bytes} bytes of corpus are too few for "
                         f"seq_len={cfg.seq_len}; need at least {min_corpus_bytes(cfg.seq_len)}")
-    return Dataset(name="lm", vocab_size=int(len(vocab)), seq_len=cfg.seq_len, causal=True,
+    return Dataset(name=cfg.task, vocab_size=int(len(vocab)) + (cfg.task == "mlm"), seq_len=cfg.seq_len,
+                   causal=cfg.task in CAUSAL_TASKS,
                    corpus_fingerprint=hashlib.sha256(data).hexdigest(),
                    train_tokens=jnp.asarray(ids[:n_train]), eval_tokens=jnp.asarray(ids[n_train:]))
 

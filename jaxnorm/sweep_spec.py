@@ -21,12 +21,12 @@ import math
 from typing import Any
 
 from jaxnorm.config import (
-    ATTENTIONS, BLOCKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, ConfigError, ModelConfig, OptimConfig,
-    ProbeConfig, TrainConfig, from_dict, to_dict,
+    ATTENTIONS, BLOCKS, CAUSAL_TASKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TEXT_TASKS, ConfigError,
+    ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict, to_dict,
 )
 
-# The synthetic tasks are bidirectional encoders; `lm` is a causal decoder (jaxnorm.data decides the same).
-CAUSAL_TASKS = ("lm",)
+# `lm` is a causal decoder; `mlm` and the synthetic tasks are bidirectional encoders (CAUSAL_TASKS, as
+# jaxnorm.data decides). `lm` and `mlm` read a text corpus (TEXT_TASKS); only they accept --text-file.
 CLIP_FORMS = "none, global_norm:<c>, value:<c>, agc:<c> (c a number > 0)"
 # Grid axes in expansion order (the last varies fastest) with the CLI flag that sets each.
 AXES = ("depths", "blocks", "norms", "attentions", "optimizers", "clips", "lrs")
@@ -211,13 +211,13 @@ def expand(spec: SweepSpec) -> list[Cell]:
 
 def check_data(spec: SweepSpec) -> None:
     """The task's data can be prepared (an unreadable or too short --text-file fails here, before
-    anything is written); raises ConfigError or jaxnorm.data.DataError. Reads the lm corpus once."""
+    anything is written); raises ConfigError or jaxnorm.data.DataError. Reads a text task's corpus once."""
     from jaxnorm.data import make_dataset
 
-    if spec.train.text_file is not None and spec.train.task not in CAUSAL_TASKS:
+    if spec.train.text_file is not None and spec.train.task not in TEXT_TASKS:
         raise ConfigError(f"TrainConfig.text_file (--text-file): invalid value {spec.train.text_file!r} for task "
-                          f"{spec.train.task!r}; allowed: a text file only with task lm")
-    if spec.train.task in CAUSAL_TASKS:
+                          f"{spec.train.task!r}; allowed: a text file only with task {' or '.join(TEXT_TASKS)}")
+    if spec.train.task in TEXT_TASKS:
         make_dataset(spec.train)
 
 
@@ -227,20 +227,27 @@ def check_data(spec: SweepSpec) -> None:
 def _quick() -> SweepSpec:
     """`python -m experiments.depth_sweep` (the default): 9 cells × 2 seeds on the `reverse` task.
 
-    Post-LN vs Pre-LN vs ReZero at depths 2, 8, 24 (d_model 32, 180 steps, adamw, one lr). Measured:
-    4 min 52 s wall on a 2-core x86 CPU with an empty compilation cache (most of it compiling; a rerun
-    or resumed sweep reuses JAX's persistent compilation cache). Shows depth effects: at depth 24 Post-LN
-    stays at chance loss (≈ ln 16) and its end-of-training gradients vanish towards the input
-    (first/last-layer ratio ~7e-5), while Pre-LN and ReZero train. Add `--blocks post_ln,pre_ln,deepnorm,rezero
-    --optimizers adamw,rmsprop --clip none,global_norm:1.0` for the full small comparison (48 cells).
+    Post-LN vs Pre-LN vs ReZero at depths 2, 8, 24 (d_model 32, 600 steps, adamw at one lr, 1e-2, 50
+    warmup steps then cosine decay). Calibrated so that "trains" and "fails" look different: reversal is
+    learnt in a sudden drop after a plateau near 20% token accuracy, which at lr 3e-3 even depth 2 had not
+    left by step 600, while at 1e-2 every cell that trains ends at ~100% accuracy with the loss near 0 (at depth
+    2 Pre-LN and Post-LN get there by step ~200, at depth 24 Pre-LN and ReZero by ~400). Measured: 5 min
+    52 s wall on a 2-core x86 CPU with an empty compilation cache, shared with other work (load average
+    ~5; the previous 180-step preset took 5 min 8 s on the quiet machine); most of it compiling (~20 s per
+    cell here), the training 98 s in all; a rerun or resumed sweep reuses JAX's persistent compilation
+    cache. Shows depth effects: Post-LN trains at depth 2 but stays near chance at depth 8 and at chance
+    loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the input (first/last
+    layer ratio ~1e-6), while Pre-LN and ReZero reach 100% at every depth. Add `--blocks
+    post_ln,pre_ln,deepnorm,rezero --optimizers adamw,rmsprop --clip none,global_norm:1.0` for the full
+    small comparison (48 cells).
     """
     return SweepSpec(
         depths=(2, 8, 24), blocks=("post_ln", "pre_ln", "rezero"), norms=("layernorm",),
-        attentions=("dot",), optimizers=("adamw",), clips=("none",), lrs=(3e-3,),
+        attentions=("dot",), optimizers=("adamw",), clips=("none",), lrs=(1e-2,),
         seeds=2,
         model=ModelConfig(d_model=32, num_heads=2, d_ff=64, remat=False),
-        optim=OptimConfig(schedule="warmup_cosine", warmup_steps=20),
-        train=TrainConfig(task="reverse", steps=180, batch_size=16, seq_len=16, log_every=10, eval_every=60,
+        optim=OptimConfig(schedule="warmup_cosine", warmup_steps=50),
+        train=TrainConfig(task="reverse", steps=600, batch_size=16, seq_len=16, log_every=10, eval_every=60,
                           eval_batches=2),
         probe=ProbeConfig(probe_every=90, power_iters=10, hutchinson_samples=4, probe_batch=2),
     )
@@ -271,22 +278,25 @@ def _paper() -> SweepSpec:
 def _init() -> SweepSpec:
     """`python -m experiments.init_gradients` (= `--preset init`): gradients at initialisation only.
 
-    Every block at depths 2..64, TrainConfig.steps = 0: one measured forward/backward pass and the
-    Jacobian probes per cell, no training (72 cells × 2 seeds). Each program of such a cell runs once, so
-    compiling is nearly all the cost; the sweep therefore pads every cell to depth 64 (jaxnorm.padding:
-    the same results, up to float32 rounding) and the six depths of a block share one set of programs.
-    Measured end to end on a 2-core CPU with an empty compilation cache: 4 min 13 s (12 min when every
-    cell compiled its own programs): per block ~10 s compiling its four programs (init, measured step,
-    eval, Jacobian probes at XLA's lowest CPU backend level; `python scripts/bench_compile.py` splits
-    them), then ~1.5 s per cell running them at depth 64. For a look in about a minute, narrow the grid
-    (`--blocks post_ln,pre_ln --depths 2,8,32`), or use the explore notebook (gradient norms only, one
-    program per block). Shows the per-layer gradient and Jacobian profile each placement starts from.
+    Every block at depths 2..64 on the `mlm` task (BERT-style masked characters of the built-in corpus, a
+    bidirectional encoder on real text, seq_len 32), TrainConfig.steps = 0: one measured forward/backward
+    pass and the Jacobian probes per cell, no training (72 cells × 2 seeds). Each program of such a cell
+    runs once, so compiling is nearly all the cost; the sweep therefore pads every cell to depth 64
+    (jaxnorm.padding: the same results, up to float32 rounding) and the six depths of a block share one set
+    of programs. Measured end to end on a 2-core CPU with an empty compilation cache, before the switch from
+    `reverse` at seq_len 16 to `mlm` at seq_len 32: 4 min 13 s (12 min when every cell compiled its own
+    programs; `--blocks post_ln,pre_ln --depths 2,8` on `mlm` took 31 s on the shared CPU): per block ~10 s
+    compiling its four programs (init, measured step, eval, Jacobian probes at XLA's lowest CPU backend
+    level; `python scripts/bench_compile.py` splits them), then ~1.5 s per cell running them at depth 64.
+    For a look in about a minute, narrow the grid (`--blocks post_ln,pre_ln --depths 2,8,32`), or use the
+    explore notebook (gradient norms only, one program per block). Shows the per-layer gradient and Jacobian
+    profile each placement starts from.
     """
     return SweepSpec(
         depths=(2, 4, 8, 16, 32, 64), blocks=BLOCKS, norms=("layernorm",), attentions=("dot",),
         optimizers=("adamw",), clips=("none",), lrs=(1e-3,), seeds=2,
         model=ModelConfig(d_model=32, num_heads=2, d_ff=64),
-        train=TrainConfig(task="reverse", steps=0, batch_size=16, seq_len=16),
+        train=TrainConfig(task="mlm", steps=0, batch_size=16, seq_len=32),
         probe=ProbeConfig(power_iters=10, hutchinson_samples=4, probe_batch=2),
     )
 

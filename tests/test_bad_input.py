@@ -94,6 +94,7 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("invalid utf-8", [*lm, "--text-file", str(f["latin1"])], "UTF-8"),
         ("directory as text file", [*lm, "--text-file", str(f["dir"])], "directory"),
         ("too short text file", [*lm, "--text-file", str(f["short"])], "too short"),
+        ("too short text file for mlm", ["--task", "mlm", "--text-file", str(f["short"])], "too short"),
         ("--out is a file", ["--out", str(a_file)], "--out"),
         ("--out under a file", ["--out", str(a_file / "run")], "--out"),
         ("--out holds another spec", ["--out", str(tmp / "other_run")], "different sweep"),

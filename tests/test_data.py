@@ -1,5 +1,5 @@
-"""jaxnorm.data: batch shapes, task targets vs numpy, determinism, splits, the lm corpus, and one-line
-errors for unusable text files."""
+"""jaxnorm.data: batch shapes, task targets vs numpy, determinism, splits, the lm corpus, mlm masking,
+and one-line errors for unusable text files."""
 
 import os
 import subprocess
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxnorm.config import TrainConfig
-from jaxnorm.data import DataError, make_dataset, min_corpus_bytes
+from jaxnorm.data import SPLIT_SALTS, DataError, make_dataset, min_corpus_bytes
 
 T, B = 12, 6
 
@@ -140,3 +140,104 @@ def test_multibyte_char_cut_by_budget_is_accepted(tmp_path):
     text = ("é" * 200).encode()          # 2 bytes each: a budget of 301 bytes cuts one in half
     ds = lm(tmp_path, text, text_bytes=301)
     assert ds.train_tokens.shape[0] + ds.eval_tokens.shape[0] == 301
+
+
+# --- mlm ---------------------------------------------------------------------------------------------
+
+MLM_T = 32
+
+
+def mlm(tmp_path=None, text=None, seq_len=MLM_T, **kw):
+    path = None
+    if text is not None:
+        path = tmp_path / "corpus.txt"
+        path.write_bytes(text)
+        path = str(path)
+    return make_dataset(TrainConfig(task="mlm", seq_len=seq_len, text_file=path, **kw))
+
+
+def _mlm_by_hand(ds, key, batch_size, split="train"):
+    """BERT's corruption recomputed in numpy from the four documented draws of the split's key."""
+    tokens = np.asarray(ds.train_tokens if split == "train" else ds.eval_tokens)
+    T, mask_id = ds.seq_len, ds.vocab_size - 1
+    k_offset, k_choose, k_kind, k_random = jax.random.split(jax.random.fold_in(key, SPLIT_SALTS[split]), 4)
+    offsets = np.asarray(jax.random.randint(k_offset, (batch_size,), 0, len(tokens) - T))
+    u = np.asarray(jax.random.uniform(k_choose, (batch_size, T)))
+    kind = np.asarray(jax.random.uniform(k_kind, (batch_size, T)))
+    rand = np.asarray(jax.random.randint(k_random, (batch_size, T), 0, mask_id, dtype=jnp.int32))
+    window = np.stack([tokens[o:o + T] for o in offsets])
+    inputs, weights = window.copy(), np.zeros((batch_size, T), np.float32)
+    for b in range(batch_size):
+        chosen = [t for t in range(T) if u[b, t] < 0.15] or [int(np.argmin(u[b]))]
+        for t in chosen:
+            weights[b, t] = 1.0
+            if kind[b, t] < 0.8:
+                inputs[b, t] = mask_id
+            elif kind[b, t] < 0.9:
+                inputs[b, t] = rand[b, t]
+    return inputs, window, weights
+
+
+def test_mlm_batch_equals_hand_computation(tmp_path):
+    text = ("the quick brown fox jumps over the lazy dog. " * 20).encode()
+    ds = mlm(tmp_path, text, seq_len=8)          # short windows: some rows draw no u < 0.15
+    assert (ds.name, ds.causal, ds.seq_len) == ("mlm", False, 8)
+    assert ds.vocab_size == len(set(text)) + 1    # the corpus vocabulary plus MASK
+    key = jax.random.key(7)
+    for split in ("train", "eval"):
+        b = jax.jit(ds.batch, static_argnums=(1, 2))(key, 64, split)
+        assert (b["inputs"].dtype, b["targets"].dtype, b["weights"].dtype) == (jnp.int32, jnp.int32, jnp.float32)
+        want_x, want_y, want_w = _mlm_by_hand(ds, key, 64, split)
+        np.testing.assert_array_equal(b["inputs"], want_x)
+        np.testing.assert_array_equal(b["targets"], want_y)
+        np.testing.assert_array_equal(b["weights"], want_w)
+    # the targets decode to windows of the right split of the text
+    vocab = np.array(sorted(set(text)), np.uint8)
+    for split, part in (("train", text[: len(text) * 9 // 10]), ("eval", text[len(text) * 9 // 10:])):
+        y = np.asarray(ds.batch(key, 16, split)["targets"])
+        assert all(bytes(vocab[row]) in part for row in y)
+
+
+def test_mlm_masking_statistics():
+    ds = mlm(text_bytes=200_000)
+    mask_id = ds.vocab_size - 1
+    assert int(max(ds.train_tokens.max(), ds.eval_tokens.max())) == mask_id - 1   # MASK = the next id
+    b = jax.jit(ds.batch, static_argnums=(1, 2))(jax.random.key(0), 2048, "train")
+    x, y, w = (np.asarray(b[k]) for k in ("inputs", "targets", "weights"))
+    chosen = w == 1.0
+    assert set(np.unique(w)) <= {0.0, 1.0} and chosen.sum(axis=1).min() >= 1   # at least one per sequence
+    assert abs(chosen.mean() - 0.15) < 0.01, chosen.mean()
+    np.testing.assert_array_equal(x[~chosen], y[~chosen])                       # unchosen inputs unchanged
+    assert np.all(y != mask_id) and np.all(x[~chosen] != mask_id)
+    masked = x[chosen] == mask_id
+    same = x[chosen] == y[chosen]
+    other = ~masked & ~same                                                      # a random, different token
+    v = mask_id                                                                  # corpus tokens to draw from
+    assert abs(masked.mean() - 0.8) < 0.02, masked.mean()
+    assert abs(same.mean() - (0.1 + 0.1 / v)) < 0.015, same.mean()
+    assert abs(other.mean() - 0.1 * (1 - 1 / v)) < 0.015, other.mean()
+    assert x.min() >= 0 and x.max() <= mask_id
+
+
+def test_mlm_deterministic_splits_differ_and_vmaps():
+    ds = mlm(text_bytes=200_000)
+    a, a2 = ds.batch(jax.random.key(1), B), ds.batch(jax.random.key(1), B)
+    other, ev = ds.batch(jax.random.key(2), B), ds.batch(jax.random.key(1), B, "eval")
+    for k in ("inputs", "targets", "weights"):
+        np.testing.assert_array_equal(a[k], a2[k])
+    assert not np.array_equal(a["targets"], other["targets"])
+    assert not np.array_equal(a["targets"], ev["targets"])
+    assert not np.array_equal(a["weights"], other["weights"])
+    keys = jax.random.split(jax.random.key(3), 2)
+    both = jax.vmap(lambda k: ds.batch(k, B))(keys)
+    np.testing.assert_array_equal(both["inputs"][1], ds.batch(keys[1], B)["inputs"])
+    # the same corpus and vocabulary as lm, plus MASK
+    ref = lm(text_bytes=200_000)
+    assert ds.vocab_size == ref.vocab_size + 1 and ds.corpus_fingerprint == ref.corpus_fingerprint
+    np.testing.assert_array_equal(ds.train_tokens, ref.train_tokens)
+
+
+def test_mlm_odd_seq_len_allowed_and_text_file_errors(tmp_path):
+    assert mlm(text_bytes=200_000, seq_len=7).seq_len == 7
+    with pytest.raises(DataError, match=r"^TrainConfig\.text_file: .* is too short"):
+        mlm(tmp_path, b"short text")

@@ -20,7 +20,7 @@ from experiments import depth_sweep
 from jaxnorm import results, rundir, sharding
 from jaxnorm import sweep as sweep_lib
 from jaxnorm.config import ATTENTIONS, BLOCKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TASKS, ConfigError
-from jaxnorm.sweep import PRESETS, SweepSpec, expand, parse_clip, preset
+from jaxnorm.sweep import PRESETS, SweepSpec, check_data, expand, parse_clip, preset
 from tiny_sweep import TIMING, TINY_CELL_FLAGS, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_presets_parse_and_expand(name):
     if name == "init":
         assert spec.train.steps == 0 and set(spec.blocks) == set(BLOCKS)
     if name == "quick":  # the default must stay CPU-sized
-        assert spec.model.d_model <= 64 and spec.train.steps <= 200 and max(spec.depths) >= 16
+        assert spec.model.d_model <= 64 and spec.train.steps <= 600 and max(spec.depths) >= 16
     if name == "paper":
         assert spec.train.task == "lm" and len(spec.lrs) >= 3 and spec.seeds >= 3 and max(spec.depths) >= 128
     # the spec survives its JSON form (sweep.json) unchanged
@@ -82,7 +82,7 @@ def test_cell_ids_are_stable_across_processes():
                          env={**os.environ, "PYTHONHASHSEED": "123"})
     ids = [c.cell_id for c in expand(preset("quick"))]
     assert json.loads(out.stdout) == ids
-    assert ids[0].startswith("L2-post_ln-layernorm-dot-adamw-none-lr0.003-")
+    assert ids[0].startswith("L2-post_ln-layernorm-dot-adamw-none-lr0.01-")
     # the id depends on every config field, not only on the readable prefix
     other = preset("quick").replace(train=preset("quick").train.replace(batch_size=17))
     assert expand(other)[0].cell_id != ids[0] and expand(other)[0].cell_id[:-8] == ids[0][:-8]
@@ -92,6 +92,21 @@ def test_norm_free_blocks_get_one_cell_per_norm_axis():
     spec = tiny_spec(lrs=(1e-3,)).replace(blocks=("pre_ln", "rezero"), norms=("layernorm", "rmsnorm"))
     cells = expand(spec)
     assert [(c.block, c.norm) for c in cells] == [("pre_ln", "layernorm"), ("pre_ln", "rmsnorm"), ("rezero", "none")]
+
+
+def test_text_tasks_versus_causal_tasks(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 40)
+    for task, causal in (("lm", True), ("mlm", False)):
+        spec = tiny_spec().replace(train=tiny_spec().train.replace(task=task, seq_len=9, text_file=str(corpus)))
+        assert {c.model.causal for c in expand(spec)} == {causal}
+        check_data(spec)                                   # a text task reads its --text-file
+    # mlm is bidirectional: position-mixing norms are allowed, as for the synthetic tasks
+    spec = tiny_spec().replace(norms=("batchnorm",), train=tiny_spec().train.replace(task="mlm"))
+    assert [c.norm for c in expand(spec)] == ["batchnorm"] * len(spec.lrs)
+    for task in ("reverse", "sort", "copy"):
+        with pytest.raises(ConfigError, match=r"^TrainConfig\.text_file \(--text-file\): .* lm or mlm$"):
+            check_data(tiny_spec().replace(train=tiny_spec().train.replace(task=task, text_file=str(corpus))))
 
 
 def test_invalid_combination_fails_at_construction():
@@ -128,6 +143,7 @@ def test_help_lists_every_flag_and_value():
     (["--preset", "huge"], "--preset"),
     (["--optimizers", "adamw,sgdd"], "--optimizers"),
     (["--text-file", "/nonexistent/corpus.txt", "--task", "lm"], "text_file"),
+    (["--text-file", "/nonexistent/corpus.txt", "--task", "mlm"], "text_file"),
     (["--text-file", __file__], "text_file"),  # a corpus for a synthetic task: refused, not ignored
     (["--heads", "3"], "num_heads"),
     (["--task", "lm", "--norms", "batchnorm"], "norm"),

@@ -36,6 +36,18 @@ def test_pre_ln_learns_reverse():
     assert not h.diverged.any()
 
 
+def test_mlm_trains_bidirectional_on_the_corpus():
+    h = train_lib.train(SMALL, OptimConfig(lr=1e-2, warmup_steps=5),
+                        tiny_train(task="mlm", seq_len=16, text_bytes=200_000, steps=60, batch_size=16,
+                                   log_every=20, eval_every=30), NO_JAC)
+    model = h.config["model"]
+    assert model["causal"] is False and model["vocab_size"] > 60   # the corpus vocabulary + MASK
+    loss = h.metrics["loss"][:, 0]
+    assert np.isfinite(loss).all() and np.isfinite(h.eval_loss).all() and not h.diverged.any()
+    assert loss[:5].mean() > 4.0                    # ≈ ln V at chance
+    assert loss[-10:].mean() < loss[:5].mean() - 1.0, (loss[:5], loss[-10:])
+
+
 def test_vmapped_seeds_equal_separate_runs_and_compile_once():
     optim = OptimConfig(lr=2e-3)
     programs.clear()
