@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from jaxnorm.columns import AXIS_COLUMNS, TIMING_COLUMNS, identity_columns
+
 BOOTSTRAP_MIN_SEEDS = 5
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -36,7 +38,7 @@ GEOMETRIC = ("max_grad_norm", "final_grad_norm", "grad_ratio_init", "grad_ratio_
              "jac_end_to_end_final", "branch_ratio_max_init", "amplification_max")
 # Per-seed columns that are not aggregated as numbers: identity, the divergence record, timing (per cell).
 NOT_AGGREGATED = ("seed", "diverged", "diverged_step", "nonfinite_step", "nonfinite_what", "nonfinite_layer",
-                  "compile_s", "run_s", "steps_per_s", "wall_s")
+                  *TIMING_COLUMNS)
 
 
 class Aggregate(NamedTuple):
@@ -102,22 +104,17 @@ def profile(y_SxN, geometric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def numeric_columns(df: pd.DataFrame) -> list[str]:
     """The per-seed result columns that get aggregated (numbers, not identity or timing)."""
-    from jaxnorm import results
-
-    skip = set(NOT_AGGREGATED) | set(results.AXIS_COLUMNS) | {c for cs in results.CONFIG_COLUMNS.values() for c in cs}
-    return [c for c in df.columns if c not in skip and c != "cell_id" and pd.api.types.is_numeric_dtype(df[c])]
+    skip = set(NOT_AGGREGATED) | set(identity_columns())
+    return [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
 
 
 def cell_table(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
     """One row per cell, in the sweep's order: cell_id, the axes and config columns, `seeds`, `diverged`
     (count of diverged seeds), and for each numeric column c its aggregate c with c_lo, c_hi (spread)."""
-    from jaxnorm import results
-
     if df.empty:
-        return pd.DataFrame(columns=["cell_id", *results.AXIS_COLUMNS, "seeds", "diverged"])
+        return pd.DataFrame(columns=["cell_id", *AXIS_COLUMNS, "seeds", "diverged"])
     columns = numeric_columns(df) if columns is None else columns
-    ident = ["cell_id", *[c for c in results.AXIS_COLUMNS if c in df],
-             *[c for cs in results.CONFIG_COLUMNS.values() for c in cs if c in df]]
+    ident = [c for c in identity_columns() if c in df]
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

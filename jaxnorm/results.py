@@ -17,11 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-AXIS_COLUMNS = ["depth", "block", "norm", "attention", "optimizer", "clip", "lr"]
-CONFIG_COLUMNS = {"train": ["task", "steps", "batch_size", "seq_len", "num_symbols"],
-                  "model": ["d_model", "num_heads", "d_ff", "vocab_size"]}
-TIMING_COLUMNS = ["compile_s", "run_s", "steps_per_s", "wall_s"]
-GROUP_COLUMNS = ["block", "depth", "optimizer", "norm", "attention", "clip"]
+from jaxnorm import aggregate, outcome
+from jaxnorm.columns import AXIS_COLUMNS, CONFIG_COLUMNS, GROUP_COLUMNS, TIMING_COLUMNS  # noqa: F401 (re-exported)
 
 
 def _summaries(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -128,8 +125,6 @@ def summary_table(df: pd.DataFrame) -> str:
     (`jaxnorm.outcome`), and the gradient growth from input to output in decades at initialisation and at
     the end (`grad_decades_*`, all parameters). Initialisation only (steps = 0): the gradient and residual-
     stream growth in decades, the first/last-layer gradient ratio and the end-to-end Jacobian norm."""
-    from jaxnorm import aggregate, outcome
-
     if df.empty:
         return "(no finished cells)"
     cells = aggregate.cell_table(df).set_index("cell_id")
