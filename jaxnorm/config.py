@@ -81,7 +81,7 @@ def check_bool(owner: str, field: str, value: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The Transformer: its size and every variant choice (see DESIGN.md's variant table)."""
+    """The Transformer: its size and every variant choice (the variants: ARCHITECTURE.md, "Registries")."""
 
     depth: int = 4                 # L, number of encoder blocks (each = attention + MLP sublayer)
     d_model: int = 64              # D, width of the residual stream
@@ -229,7 +229,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-    """Which per-layer measurements the train step records, and how often (see DESIGN.md "Measurements")."""
+    """Which per-layer measurements the train step records, and how often (the metrics: jaxnorm/metrics.py)."""
 
     grads: bool = True             # per-layer parameter-gradient norms by group, param norms, update ratios
     activations: bool = True       # residual-stream gradient norms ∂loss/∂x_l, residual RMS, branch ratios
