@@ -32,13 +32,15 @@ class LayerNorm(nnx.Module):
     y = (x − μ)/√(σ² + ε) · scale + bias, with μ, σ² the mean and (biased) variance over the last axis.
     Works on any rank (qk_norm applies it per head over d_k)."""
 
+    AXES: tuple[int, ...] = (-1,)  # the axes the statistics are taken over
+
     def __init__(self, d: int, eps: float, *, rngs: nnx.Rngs | None = None):
         self.eps = eps
         self.scale = nnx.Param(jnp.ones((d,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((d,), jnp.float32))
 
     def __call__(self, x_BxTxD: jax.Array, *, train: bool = False) -> jax.Array:
-        y_BxTxD = _standardise(x_BxTxD.astype(jnp.float32), (-1,), self.eps)
+        y_BxTxD = _standardise(x_BxTxD.astype(jnp.float32), self.AXES, self.eps)
         return (y_BxTxD * self.scale[...] + self.bias[...]).astype(x_BxTxD.dtype)
 
 
@@ -96,21 +98,14 @@ class GroupNorm(nnx.Module):
         return (y_BxTxD * self.scale[...] + self.bias[...]).astype(x_BxTxD.dtype)
 
 
-class InstanceNorm(nnx.Module):
+class InstanceNorm(LayerNorm):
     """Instance normalisation (Ulyanov, Vedaldi & Lempitsky 2016, "Instance Normalization").
 
     For each sequence b and channel d: y = (x − μ_bd)/√(σ²_bd + ε) · scale_d + bias_d, with μ_bd, σ²_bd
-    the mean and biased variance over the time axis T. It mixes positions, so it is refused with a
-    causal mask (config.SEQUENCE_MIXING_NORMS)."""
+    the mean and biased variance over the time axis T: LayerNorm's affine standardisation over the other
+    axis. It mixes positions, so it is refused with a causal mask (config.SEQUENCE_MIXING_NORMS)."""
 
-    def __init__(self, d: int, eps: float, *, rngs: nnx.Rngs | None = None):
-        self.eps = eps
-        self.scale = nnx.Param(jnp.ones((d,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((d,), jnp.float32))
-
-    def __call__(self, x_BxTxD: jax.Array, *, train: bool = False) -> jax.Array:
-        y_BxTxD = _standardise(x_BxTxD.astype(jnp.float32), (-2,), self.eps)
-        return (y_BxTxD * self.scale[...] + self.bias[...]).astype(x_BxTxD.dtype)
+    AXES = (-2,)
 
 
 class BatchNorm(nnx.Module):
@@ -157,21 +152,15 @@ class Identity(nnx.Module):
         return x_BxTxD
 
 
+NORM_LAYERS: dict[str, type] = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "scalenorm": ScaleNorm,
+                                 "groupnorm": GroupNorm, "instancenorm": InstanceNorm, "batchnorm": BatchNorm,
+                                 "none": Identity}
+
+
 def make_norm(kind: str, d: int, cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     """The normalisation layer `kind` (one of config.NORMS) over a last axis of size d, eps = cfg.norm_eps."""
-    eps = cfg.norm_eps
-    if kind == "layernorm":
-        return LayerNorm(d, eps, rngs=rngs)
-    if kind == "rmsnorm":
-        return RMSNorm(d, eps, rngs=rngs)
-    if kind == "scalenorm":
-        return ScaleNorm(d, eps, rngs=rngs)
+    if kind not in NORM_LAYERS:
+        raise ValueError(f"make_norm: invalid kind {kind!r}; allowed: {', '.join(NORMS)}")
     if kind == "groupnorm":
-        return GroupNorm(d, eps, cfg.num_groups, rngs=rngs)
-    if kind == "instancenorm":
-        return InstanceNorm(d, eps, rngs=rngs)
-    if kind == "batchnorm":
-        return BatchNorm(d, eps, rngs=rngs)
-    if kind == "none":
-        return Identity(d, eps, rngs=rngs)
-    raise ValueError(f"make_norm: invalid kind {kind!r}; allowed: {', '.join(NORMS)}")
+        return GroupNorm(d, cfg.norm_eps, cfg.num_groups, rngs=rngs)
+    return NORM_LAYERS[kind](d, cfg.norm_eps, rngs=rngs)
