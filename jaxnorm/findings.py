@@ -24,6 +24,11 @@ def _f(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if np.isfinite(v) else "—"
 
 
+def _grows(v: float) -> str:
+    """'grows 0.42 decades' / 'shrinks 0.2 decades' (from the input layer to the output layer)."""
+    return f"grows {_f(v)} decades" if not np.isfinite(v) or v >= 0 else f"shrinks {_f(-v)} decades"
+
+
 def _spread(cells: pd.DataFrame, cid: str, col: str) -> str:
     row = cells.loc[cid]
     lo, hi = row[f"{col}_lo"], row[f"{col}_hi"]
@@ -63,7 +68,7 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     stage = "after training" if when == "final" else "at initialisation"
     others = ", ".join(f"`{r.block}` {_f(r[col])}" for _, r in at.iloc[1:].iterrows())
     text = (f"{stage.capitalize()}, `{worst.block}` at L={deepest} has the steepest gradient profile: "
-            f"{quantity} grows {_f(worst[col])} decades from the input layer to the output layer"
+            f"{quantity} {_grows(worst[col])} from the input layer to the output layer"
             f"{_spread(cells, worst_id, col)}")
     if when == "final" and f"{prefix}_init" in rep:
         text += f", against {_f(worst[f'{prefix}_init'])} at initialisation"
@@ -98,17 +103,17 @@ def trainability(df: pd.DataFrame, cells: pd.DataFrame, figures: set[str]) -> st
         some_d = [int(d) for d, f in frac.items() if 0 < f < 1]
         phrase = []
         if all_d:
-            phrase.append(f"every run trained at L={', '.join(map(str, all_d))}")
+            phrase.append(f"every run at L={', '.join(map(str, all_d))}")
         if some_d:
-            phrase.append(f"some at L={', '.join(map(str, some_d))}")
+            phrase.append(f"some runs at L={', '.join(map(str, some_d))}")
         if none_d:
-            worst = b[b.depth == none_d[0]]
+            worst = b[b.depth == none_d[-1]]
             loss = aggregate.column_aggregate(worst, "final_loss").value
-            phrase.append(f"none at L={', '.join(map(str, none_d))} (final loss {_f(loss)} at L={none_d[0]}, "
+            phrase.append(f"no run at L={', '.join(map(str, none_d))} (final loss {_f(loss)} at L={none_d[-1]}, "
                           f"chance {_f(outcome.chance_losses(worst).iloc[0])})")
-        parts.append(f"`{block}`: " + "; ".join(phrase))
-    return ("Training succeeded (" + outcome.describe() + f", threshold {_f(float(np.nanmin(threshold)))} nats) — "
-            + ". ".join(parts) + _figure(["loss_vs_depth.png", "stability_map.png"], figures) + ".")
+        parts.append(f"`{block}` trained in " + "; ".join(phrase))
+    return ("; ".join(parts) + f" ({outcome.describe()}: final loss ≤ {_f(float(np.nanmin(threshold)))} nats)"
+            + _figure(["loss_vs_depth.png", "stability_map.png"], figures) + ".")
 
 
 def divergence(df: pd.DataFrame, figures: set[str]) -> str:
@@ -173,11 +178,11 @@ def xiong_comparison(rep: pd.DataFrame, figures: set[str]) -> str | None:
     if not (np.isfinite(post) and np.isfinite(pre)):
         return None
     same = post > 0 and post > pre
-    return (f"At initialisation (L={d}) the gradient of the MLP output matrix W2 grows {_f(post)} decades from "
-            f"input to output layer for `post_ln` and {_f(pre)} for `pre_ln`. Xiong et al. 2020 (Fig. 3) find it "
+    return (f"At initialisation (L={d}) the gradient of the MLP output matrix W2 {_grows(post)} from the input "
+            f"to the output layer for `post_ln` and {_grows(pre)} for `pre_ln`. Xiong et al. 2020 (Fig. 3) find it "
             f"growing towards the output for Post-LN and flat for Pre-LN: "
             + ("the same direction here." if same else "not reproduced here at this size.")
-            + _figure(["grad_profile.png"], figures))
+            + _figure(["grad_profile_mlp_out.png", "grad_profile.png"], figures))
 
 
 def jacobian_and_collapse(rep: pd.DataFrame, figures: set[str]) -> str | None:

@@ -153,8 +153,8 @@ def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
     out = findings.findings(df, set(plots.FIGURES))
     assert 3 <= len(out) <= findings.MAX_FINDINGS
     joined = "\n".join(out)
-    assert "`post_ln`: every run trained at L=2; none at L=8" in joined
-    assert "`pre_ln`: every run trained at L=2, 8" in joined
+    assert "`post_ln` trained in every run at L=2; no run at L=8" in joined
+    assert "`pre_ln` trained in every run at L=2, 8" in joined
     # post_ln's gradient halves per layer: log10(2) decades per layer over 8 layers = 8·0.301·(8/8)...
     steep = next(f for f in out if "steepest gradient profile" in f)
     assert "`post_ln` at L=8" in steep and "figures/grad_profile.png" in steep
