@@ -90,7 +90,7 @@ def _legend(fig: Figure, ax, title: str, extra: Sequence[tuple[Line2D, str]] = (
         handles.append(h)
         labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small", title=title,
+        fig.legend(handles, labels, loc="outside right center", fontsize="small", title=title,
                    title_fontsize="small", framealpha=0.7)
 
 
