@@ -7,6 +7,7 @@ The run directory is test_plots.py's: synthetic Histories written by the real wr
 import math
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -191,3 +192,15 @@ def test_run_directory_files_respect_the_umask(run_dir, tmp_path, umask, mode): 
     for path in (tmp_path / "x.json", figure, written):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.png", "x.json"]  # no temporary left behind
+
+
+def test_trained_on_the_quick_presets_results():
+    """The committed results.csv of a `python -m experiments.depth_sweep` run (the quick preset): Pre-LN and
+    ReZero at depth 24 count as trained, Post-LN at depth 24 does not, as loss_vs_depth.png shows."""
+    df = pd.read_csv(Path(__file__).parent / "data" / "quick_results.csv")
+    ok = df.assign(t=outcome.trained(df)).groupby(["block", "depth"]).t.all()
+    assert ok[("pre_ln", 24)] and ok[("rezero", 24)] and not ok[("post_ln", 24)]
+    assert ok[("pre_ln", 2)] and ok[("post_ln", 2)]
+    cells = aggregate.cell_table(df).set_index(["block", "depth"])
+    assert cells.loc[("post_ln", 24), "final_loss"] == pytest.approx(math.log(16), abs=0.05)  # stuck at chance
+    assert cells.loc[("post_ln", 24), "grad_decades_final"] > 2  # its gradient vanishes towards the input
