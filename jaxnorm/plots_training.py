@@ -149,11 +149,12 @@ def loss_curves(metrics: pd.DataFrame, panel: str = "block", df: pd.DataFrame | 
     if metrics.empty or "loss" not in metrics or metrics["step"].max() <= 0:
         return None
     m = metrics.dropna(subset=["loss"])
-    label_cols = [c for c in varying(m) if c != panel]
+    # Label by the axes that vary inside a panel (norm varies across blocks only through norm-free blocks).
+    label_cols = [c for c in varying(m) if c != panel and (m.groupby(panel)[c].nunique() > 1).any()]
     panels, depths = values(m, panel), values(m, "depth")
     color = dict(zip(depths, colors(len(depths))))
     ymax = 1.3 * float(m[m.step == m.step.min()]["loss"].max())
-    fig, axes = grid(1, len(panels), sharey=True)
+    fig, axes = grid(1, len(panels), sharey=True, h=PANEL_H + 0.8)  # room for the legend below
     for ax, p in zip(axes[0], panels):
         sub = m[m[panel] == p]
         style: dict[int, int] = {}
@@ -176,8 +177,8 @@ def loss_curves(metrics: pd.DataFrame, panel: str = "block", df: pd.DataFrame | 
         ax.set_xlabel("step")
         ax.set_title(f"{panel}={p}", fontsize="small")
         ax.grid(alpha=0.3)
-        legend(ax, n=sub.cell_id.nunique() + 2, loc="lower left")
     axes[0, 0].set_ylabel("loss (nats/token)")
+    outside_legend(fig, max(axes[0], key=lambda a: len(a.get_legend_handles_labels()[0])))
     suptitle(fig, "Training loss (mean over seeds, band = spread over seeds; squares: eval loss; "
              "y clipped at 1.3 × the initial loss)")
     return fig
