@@ -29,15 +29,24 @@ def _f(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if np.isfinite(v) else "—"
 
 
+def _d(v: float) -> str:
+    """Decades to two decimals (a slope of 1e-17 is 0.00, not a number to read)."""
+    if not np.isfinite(v):
+        return "—"
+    text = f"{v:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
 def _grows(v: float) -> str:
-    """'grows 0.42 decades' / 'shrinks 0.2 decades' (from the input layer to the output layer)."""
-    return f"grows {_f(v)} decades" if not np.isfinite(v) or v >= 0 else f"shrinks {_f(-v)} decades"
+    """'grows 0.42 decades' / 'shrinks 0.20 decades' (from the input layer to the output layer)."""
+    return f"grows {_d(v)} decades" if not np.isfinite(v) or v >= 0 else f"shrinks {_d(-v)} decades"
 
 
 def _spread(cells: pd.DataFrame, cid: str, col: str) -> str:
     row = cells.loc[cid]
     lo, hi = row[f"{col}_lo"], row[f"{col}_hi"]
-    return f" (seeds {_f(lo)} to {_f(hi)})" if np.isfinite(lo) and np.isfinite(hi) and lo != hi else ""
+    fmt = _d if "decades" in col else _f
+    return f" (seeds {fmt(lo)} to {fmt(hi)})" if np.isfinite(lo) and np.isfinite(hi) and lo != hi else ""
 
 
 def _figure(names: Iterable[str], figures: set[str]) -> str:
@@ -71,12 +80,12 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     worst_id = at.index[0]
     worst = at.iloc[0]
     stage = "after training" if when == "final" else "at initialisation"
-    others = ", ".join(f"`{r.block}` {_f(r[col])}" for _, r in at.iloc[1:].iterrows())
+    others = ", ".join(f"`{r.block}` {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
     text = (f"{stage.capitalize()}, `{worst.block}` at L={deepest} has the steepest gradient profile: "
             f"{quantity} {_grows(worst[col])} from the input layer to the output layer"
             f"{_spread(cells, worst_id, col)}")
     if when == "final" and f"{prefix}_init" in rep:
-        text += f", against {_f(worst[f'{prefix}_init'])} at initialisation"
+        text += f", against {_d(worst[f'{prefix}_init'])} at initialisation"
     text += (f" (other placements at L={deepest}: {others})" if others else "") + "."
     block_rows = rep[rep.block == worst.block].sort_values("depth")
     steep = block_rows[block_rows[col] >= ONE_DECADE]
@@ -88,7 +97,25 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     flat = at[np.abs(at[col]) < ONE_DECADE / 2]
     if len(flat) and worst[col] >= ONE_DECADE:
         text += f" Within half a decade (flat): {', '.join(f'`{b}`' for b in flat.block)}."
+    text += _exploding(rep, col, deepest)
     return text + _figure(["grad_profile.png", "act_grad_profile.png"], figures)
+
+
+def _exploding(rep: pd.DataFrame, col: str, deepest: int) -> str:
+    """The placement whose gradient grows most towards the input (beyond a decade), and those whose profile is
+    not finite at the deepest depth: the other half of the story."""
+    text = ""
+    steep = rep.dropna(subset=[col])
+    steep = steep[steep[col] <= -ONE_DECADE]
+    if len(steep):
+        worst = steep.loc[steep[col].idxmin()]
+        since = int(steep[steep.block == worst.block].depth.min())
+        text += (f" The gradient of `{worst.block}` instead grows towards the input: it {_grows(worst[col])} from "
+                 f"the input to the output layer at L={int(worst.depth)} (beyond a decade from L={since} on).")
+    broken = rep[(rep.depth == deepest) & ~np.isfinite(rep[col].astype(float))]
+    if len(broken):
+        text += f" Not finite at L={deepest}: {', '.join(f'`{b}`' for b in broken.block)}."
+    return text
 
 
 def trainability(df: pd.DataFrame, cells: pd.DataFrame, figures: set[str]) -> str | None:
