@@ -23,6 +23,9 @@ from matplotlib.lines import Line2D
 
 from jaxnorm.plots import cells_of, colors, fix_others, grid, mean_band, suptitle, values
 
+MAX_COLUMNS = 4          # panels per row when an initialisation-only figure wraps
+MIN_PANEL_FACTOR = 4.0    # an unshared log panel spans at least this factor
+MAX_SHARED_DECADES = 10.0 # panels share a log y axis unless the values span more decades than this
 X_LABEL = "relative depth (l + ½)/L   (0 = input, 1 = output)"
 GRAD_GROUPS = {"all": "all parameters of the layer", "attn_qk": "attention W_Q, W_K", "attn_vo": "attention W_V, W_O",
                "mlp_in": "FFN input matrix W1", "mlp_out": "FFN output matrix W2", "norm": "norm gains and biases"}
@@ -109,10 +112,20 @@ def layer_profile(df: pd.DataFrame, layers: Mapping, key: str, *, ylabel: str, t
     panels, depths = values(cells, panel), values(cells, "depth")
     color = dict(zip(depths, colors(len(depths))))
     rows = _profile_rows(cells, layers, steps_key)
-    fig, axes = grid(len(rows), len(panels), sharey="row")
-    for r, (index, _) in enumerate(rows):
-        for c, p in enumerate(panels):
-            ax = axes[r, c]
+    # One profile row (initialisation only) with many panels wraps into rows of MAX_COLUMNS; panels share
+    # their y axis unless one placement's values dwarf the others' (an exploding no_norm would flatten all).
+    wrap = len(rows) == 1 and len(panels) > MAX_COLUMNS
+    ncols = MAX_COLUMNS if wrap else len(panels)
+    shared = not (log and _decades_spanned(cells, layers, (key, dashed)) > MAX_SHARED_DECADES)
+    fig, axes = grid(-(-len(panels) // ncols) if wrap else len(rows), ncols,
+                     sharey=(True if wrap else "row") if shared else False)
+    slots = ([(0, c, axes[c // ncols, c % ncols]) for c in range(len(panels))] if wrap else
+             [(r, c, axes[r, c]) for r in range(len(rows)) for c in range(len(panels))])
+    for ax in axes.flat[len(slots):]:
+        ax.axis("off")
+    for r, c, ax in slots:
+            index = rows[r][0]
+            p = panels[c]
             here = cells[cells[panel] == p].sort_values("depth")
             drawable = False
             for cell in here.itertuples():
@@ -135,19 +148,40 @@ def layer_profile(df: pd.DataFrame, layers: Mapping, key: str, *, ylabel: str, t
                 ax.text(0.5, 0.5, "exactly 0 (or non-finite) at every layer:\nnothing to draw on a log axis"
                         if log else "no finite value", transform=ax.transAxes, ha="center", va="center",
                         fontsize="small", color="grey")
-            if log:
+            if log and (drawable or shared):  # an unshared empty panel has no range to put on a log scale
                 ax.set_yscale("log")
                 plain_log_ticks(ax)
+                if not shared and drawable:
+                    _at_least_a_factor(ax, MIN_PANEL_FACTOR)
             ax.set_xlim(0, 1)
             ax.set_title(f"{p} — {_row_title(here, layers, steps_key, index)}", fontsize="small")
             ax.grid(alpha=0.3, which="both" if log else "major")
-            if c == 0:
+            if ax in axes[:, 0]:
                 ax.set_ylabel(ylabel)
     fig.supxlabel(X_LABEL, fontsize="medium")
     extra = [(Line2D([], [], color="k", linestyle=ls), lab) for ls, lab in zip(("-", "--"), styles)]
     _legend(fig, axes[0, -1], "depth", extra)
-    suptitle(fig, title, "; ".join(x for x in (LOG_BAND if log else LIN_BAND, caption) if x))
+    own_axes = "" if shared else "each panel has its own y axis"
+    suptitle(fig, title, "; ".join(x for x in (LOG_BAND if log else LIN_BAND, caption, own_axes) if x))
     return fig
+
+
+def _at_least_a_factor(ax, factor: float) -> None:
+    """Widen a log y axis to span at least `factor` (ReZero's identity Jacobians, 1 ± 1e-7, would otherwise
+    fill a panel with float noise)."""
+    lo, hi = ax.get_ylim()
+    if hi / lo < factor:
+        mid = (lo * hi) ** 0.5
+        ax.set_ylim(mid / factor ** 0.5, mid * factor ** 0.5)
+
+
+def _decades_spanned(cells: pd.DataFrame, layers: Mapping, keys: Sequence[str | None]) -> float:
+    """log10(max / min) over every finite positive value of `keys` in these cells (0 when there are none)."""
+    values_ = [np.asarray(layers[c][k], dtype=np.float64).ravel() for c in cells.cell_id for k in keys
+               if k is not None and k in layers[c]]
+    v = np.concatenate(values_) if values_ else np.zeros(0)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.log10(v.max() / v.min())) if v.size else 0.0
 
 
 def grad_profile(df: pd.DataFrame, layers: Mapping, group: str = "all") -> Figure | None:
@@ -197,19 +231,22 @@ def jacobian_profile(df: pd.DataFrame, layers: Mapping, spectral_method: str | N
                                 r"Frobenius $\|\cdot\|_F/\sqrt{d}$" + "\n(Hutchinson)"),
                         title=f"Layer-to-layer Jacobian: spectral norm{by} (solid), Hutchinson Frobenius "
                               f"norm / √d (dashed)")
-    if fig is not None:
-        for ax in fig.axes:
-            ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    _reference_line(fig, 1.0)
     return fig
+
+
+def _reference_line(fig: Figure | None, y: float) -> None:
+    """A dotted horizontal line at `y` on every panel that shows data (not on a wrapped grid's empty slots)."""
+    for ax in fig.axes if fig is not None else ():
+        if ax.axison:
+            ax.axhline(y, color="grey", linestyle=":", linewidth=1)
 
 
 def token_alignment(df: pd.DataFrame, layers: Mapping) -> Figure | None:
     """Mean pairwise cosine of the token vectors entering each layer; → 1 is rank collapse."""
     fig = layer_profile(df, layers, "token_alignment", ylabel="mean pairwise cosine of tokens", log=False,
                         title="Token alignment per layer (1 = all tokens parallel: rank collapse)")
-    if fig is not None:
-        for ax in fig.axes:
-            ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    _reference_line(fig, 1.0)
     return fig
 
 
