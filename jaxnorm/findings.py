@@ -205,13 +205,15 @@ def xiong_comparison(rep: pd.DataFrame, figures: set[str]) -> str | None:
     if not depths or depths[-1] < 2:
         return None
     d = depths[-1]
-    post = float(rep[(rep.block == "post_ln") & (rep.depth == d)][col].iloc[0])
-    pre = float(rep[(rep.block == "pre_ln") & (rep.depth == d)][col].iloc[0])
+    post_id = rep[(rep.block == "post_ln") & (rep.depth == d)].index[0]
+    pre_id = rep[(rep.block == "pre_ln") & (rep.depth == d)].index[0]
+    post, pre = float(rep.loc[post_id, col]), float(rep.loc[pre_id, col])
     if not (np.isfinite(post) and np.isfinite(pre)):
         return None
     same = post >= XIONG_GROWTH and post - pre >= XIONG_GROWTH
     return (f"At initialisation (L={d}) the gradient of the MLP output matrix W2 {_grows(post)} from the input "
-            f"to the output layer for `post_ln` and {_grows(pre)} for `pre_ln`. Xiong et al. 2020 (Fig. 3) find it "
+            f"to the output layer for `post_ln`{_spread(rep, post_id, col)} and {_grows(pre)} for `pre_ln`"
+            f"{_spread(rep, pre_id, col)}. Xiong et al. 2020 (Fig. 3) find it "
             f"growing towards the output for Post-LN and flat for Pre-LN: "
             + ("the same here (Post-LN's grows by more than a factor of 2 and more than Pre-LN's)." if same else
                f"not reproduced here at this size (Post-LN's W2 gradient changes by a factor of {10 ** post:.3g} "
