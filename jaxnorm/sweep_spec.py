@@ -280,14 +280,11 @@ def _init() -> SweepSpec:
 
     Every block at depths 2..64 on the `mlm` task (BERT-style masked characters of the built-in corpus, a
     bidirectional encoder on real text, seq_len 32), TrainConfig.steps = 0: one measured forward/backward
-    pass and the Jacobian probes per cell, no training (72 cells × 2 seeds). Each program of such a cell
+    pass and the Jacobian probes per cell, no training (78 cells × 2 seeds). Each program of such a cell
     runs once, so compiling is nearly all the cost; the sweep therefore pads every cell to depth 64
     (jaxnorm.padding: the same results, up to float32 rounding) and the six depths of a block share one set
-    of programs. Measured end to end on a 2-core CPU with an empty compilation cache, before the switch from
-    `reverse` at seq_len 16 to `mlm` at seq_len 32: 4 min 13 s (12 min when every cell compiled its own
-    programs; `--blocks post_ln,pre_ln --depths 2,8` on `mlm` took 31 s on the shared CPU): per block ~10 s
-    compiling its four programs (init, measured step, eval, Jacobian probes at XLA's lowest CPU backend
-    level; `python scripts/bench_compile.py` splits them), then ~1.5 s per cell running them at depth 64.
+    of programs (compiled at XLA's lowest CPU backend level; `python scripts/bench_compile.py` splits them).
+    Measured end to end on a 2-core CPU with an empty compilation cache: 5 min 32 s.
     For a look in about a minute, narrow the grid (`--blocks post_ln,pre_ln --depths 2,8,32`), or use the
     explore notebook (gradient norms only, one program per block). Shows the per-layer gradient and Jacobian
     profile each placement starts from.
