@@ -116,7 +116,7 @@ class ModelConfig:
         check_int(o, "max_len", self.max_len, 1)
         check_int(o, "num_groups", self.num_groups, 1)
         check_int(o, "sigma_reparam_iters", self.sigma_reparam_iters, 1)
-        check_choice(o, "block", self.block, BLOCKS)
+        check_choice(o, "block", self.block, tuple(PLACEMENTS))  # live: a registration counts at once
         check_choice(o, "norm", self.norm, NORMS)
         check_choice(o, "attention", self.attention, ATTENTIONS)
         check_choice(o, "activation", self.activation, ACTIVATIONS)

@@ -184,3 +184,24 @@ def test_mix_ln_stack_matches_a_loop_of_its_two_placements():
         x = reference(layer_block, "post_ln" if l < 2 else "pre_ln", x, depth)
     expected = ln(model.final_norm, x) @ model.head.kernel[...] + model.head.bias[...]
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_placement_registered_alone_builds_trains_and_follows_its_formula(monkeypatch):
+    """The recipe of ARCHITECTURE.md: a new block is one registry entry. A temporary Pre-LN variant with
+    halved branches, registered in jaxnorm.placements only, validates, matches its formula and trains."""
+    from jaxnorm import placements
+    from jaxnorm.config import OptimConfig, ProbeConfig, TrainConfig
+    from jaxnorm.train import train
+
+    entry = placements.Placement("half_pre", "x ← x + ½·F(N(x))", "test", "pre", final_norm=True,
+                                 branch_scale=lambda depth, alpha: 0.5)
+    monkeypatch.setitem(placements.PLACEMENTS, "half_pre", entry)
+    blk = Block(tiny("half_pre"), rngs=nnx.Rngs(0))
+    randomise(blk, jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (B, T, D))
+    x1 = x + 0.5 * attn(blk, ln(blk.norm1, x))
+    np.testing.assert_allclose(blk(x, train=False)[0], x1 + 0.5 * mlp(blk.mlp, ln(blk.norm2, x1)), rtol=2e-5, atol=2e-5)
+    h = train(ModelConfig(depth=2, d_model=8, num_heads=2, d_ff=16, block="half_pre"), OptimConfig(),
+              TrainConfig(task="copy", steps=2, batch_size=2, seq_len=4, log_every=1, progress=False),
+              ProbeConfig(jacobian=False))
+    assert np.isfinite(h.metrics["loss"]).all() and h.layers["grad_norm/all"].shape[1:] == (1, 2)
