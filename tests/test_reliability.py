@@ -422,3 +422,11 @@ def test_sigterm_stops_cleanly_with_resume_hint(tmp_path):
     assert f"terminated (SIGTERM): {len(done)} finished cells are saved in {out}; resume with:" in stderr
     assert not list(out.rglob("*.tmp"))
     _check_intact(out)
+
+
+def test_chaos_script_tiny(tmp_path):
+    """scripts/chaos.py in its smallest form: one kill, damaged files, the final results as uninterrupted."""
+    proc = subprocess.run([sys.executable, "scripts/chaos.py", "--kills", "1", "--tiny", "--corrupt-p", "1",
+                           "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("results identical") and proc.stdout.startswith("1 kills, ")
