@@ -5,9 +5,11 @@
     python -m experiments.depth_sweep --preset paper --distributed   # on every host of a TPU pod slice
     python -m experiments.depth_sweep --depths 2,8,32 --blocks post_ln,pre_ln --lrs 1e-3,3e-3 --out runs/mine
 
-Flags override the preset. Rerunning the same command resumes (finished cells are skipped). Invalid
-input prints one line `error: <field>: <problem>; allowed: ...` and exits with status 2 before anything
-is written. Results: <out>/results.csv, or `jaxnorm.results.load(<out>)` in a notebook.
+Flags override the preset. Rerunning the same command resumes (finished cells are skipped, damaged ones
+redone, one line each); it refuses cells that ran under another setting (devices, library versions, git
+commit) unless --allow-mixed. Ctrl-C (status 130) and SIGTERM (143) stop cleanly with the command that
+resumes. Invalid input prints one line `error: <field>: <problem>; allowed: ...` and exits with status 2
+before anything is written; a failure drawing the figures or report exits 1 with one line. Results: <out>/results.csv, or `jaxnorm.results.load(<out>)` in a notebook.
 """
 
 from __future__ import annotations
