@@ -270,6 +270,24 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated
 
 
+def _redeliver_lost_interrupts(previous_hook):
+    """A sys.unraisablehook: an interrupt raised where Python cannot propagate it (the signal handler ran inside
+    a garbage-collector callback, e.g. JAX's, which swallows exceptions) is raised again 50 ms later from a
+    SIGALRM handler, so it lands in the sweep instead of being printed and ignored (if it is swallowed again,
+    this hook sees it again)."""
+    def hook(info):
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # Terminated is one too
+            previous_hook(info)
+            return
+        again = type(info.exc_value)
+
+        def raise_again(signum, frame):
+            raise again
+        signal.signal(signal.SIGALRM, raise_again)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+    return hook
+
+
 def _one_line_warnings() -> None:
     """Warnings (a skipped damaged or foreign cell) as one `warning: ...` line each, no source line."""
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
@@ -294,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep.validate(spec, out, shard, allow_mixed=args.allow_mixed)
     except ValueError as e:  # ConfigError, DataError: one line, nothing written
         _die(str(e))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous, previous_hook = signal.signal(signal.SIGTERM, _on_sigterm), sys.unraisablehook
+    sys.unraisablehook = _redeliver_lost_interrupts(previous_hook)
     try:
         df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed)
     except KeyboardInterrupt as e:
@@ -306,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _die(str(e))
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
     from jaxnorm import results
 
     print(results.summary_table(df))

@@ -430,3 +430,30 @@ def test_chaos_script_tiny(tmp_path):
                            "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("results identical") and proc.stdout.startswith("1 kills, ")
+
+
+def test_sigterm_inside_a_gc_callback_is_not_lost():
+    """The handler's exception raised inside a garbage-collector callback (JAX has one) would be printed and
+    ignored; it is delivered again and reaches the sweep."""
+    script = """
+import gc, os, signal, sys
+from experiments import depth_sweep as d
+signal.signal(signal.SIGTERM, d._on_sigterm)
+sys.unraisablehook = d._redeliver_lost_interrupts(sys.unraisablehook)
+fired = []
+def cb(phase, info):
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # the handler runs here, inside the callback
+gc.callbacks.append(cb)
+try:
+    gc.collect()
+    for _ in range(10**7):
+        pass
+    print("lost")
+except d.Terminated:
+    print("terminated")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "terminated" and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
