@@ -15,6 +15,7 @@ before anything is written; a failure drawing the figures or report exits 1 with
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import sys
@@ -337,16 +338,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupted(out: str, argv: list[str], *, terminated: bool) -> int:
     """The message after Ctrl-C (status 130) or SIGTERM (143): what is saved and the command that resumes."""
-    from jaxnorm import results
-
-    try:
-        done = len(results.load(out).cell_id.unique())
-    except ValueError:
-        done = 0
     command = shlex.join([sys.executable, "-m", "experiments.depth_sweep", *argv])
     what = "terminated (SIGTERM)" if terminated else "interrupted"
-    print(f"\n{what}: {done} finished cells are saved in {out}; resume with:\n  {command}", file=sys.stderr)
+    print(f"\n{what}: {_finished_count(Path(out))} finished cells are saved in {out}; resume with:\n  {command}",
+          file=sys.stderr)
     return 143 if terminated else 130
+
+
+def _finished_count(out: Path) -> int | str:
+    """How many of sweep.json's cells are finished and look intact. Reads JSON only: the interrupt may have
+    landed in the middle of importing pandas or JAX, which would then fail to import again."""
+    from jaxnorm import integrity
+
+    try:
+        ids = json.loads((out / "sweep.json").read_bytes())["cell_ids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    done = 0
+    for cell_id in ids:
+        try:
+            integrity.check_sizes(out / "cells" / cell_id)
+            done += 1
+        except (integrity.DamagedCell, OSError):
+            pass
+    return done
 
 
 def where_to_look(out: Path) -> str:
