@@ -266,8 +266,12 @@ class Terminated(KeyboardInterrupt):
     that it stops as on Ctrl-C: finished cells kept, the current one abandoned cleanly, a resume hint."""
 
 
+_SIGTERM_RECEIVED: list[bool] = []
+
+
 def _on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    _SIGTERM_RECEIVED.append(True)  # if a library turns Terminated into its own error, main still knows
     raise Terminated
 
 
@@ -319,11 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed)
     except KeyboardInterrupt as e:
         return _interrupted(out, argv, terminated=isinstance(e, Terminated))
-    except sweep.ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:  # a different spec won the race to create sweep.json
-        _die(str(e))
+    except Exception as e:
+        return _after_failure(e, out, argv)
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.unraisablehook = previous_hook
@@ -334,6 +335,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{df.cell_id.nunique() if len(df) else 0} cells, {len(df)} runs, {n_div} diverged -> {out}/results.csv")
     print(where_to_look(Path(out)))
     return 0
+
+
+def _after_failure(e: Exception, out: str, argv: list[str]) -> int:
+    """The exit status (and one line) for an error out of the sweep: after a SIGTERM, whatever the error, it
+    is the termination (XLA's compiler, for one, turns Terminated raised in its callback into a RuntimeError);
+    a failed figure or report is status 1; a different spec that won the race to create sweep.json is 2."""
+    from jaxnorm.sweep import ReportError
+
+    if _SIGTERM_RECEIVED:
+        return _interrupted(out, argv, terminated=True)
+    if isinstance(e, ReportError):
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if isinstance(e, ValueError):
+        _die(str(e))
+    raise e
 
 
 def _interrupted(out: str, argv: list[str], *, terminated: bool) -> int:
