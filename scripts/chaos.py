@@ -79,7 +79,9 @@ def damage(out: Path, rng: random.Random) -> str | None:
     if rng.random() < 0.1 and (out / "sweep.json").exists():
         (out / "sweep.json").unlink()
         return "deleted sweep.json"
-    path = rng.choice(cells) / rng.choice(("config.json", "metrics.jsonl", "layers.npz", "summary.json"))
+    cell = rng.choice(cells)
+    files = [cell / n for n in ("config.json", "metrics.jsonl", "layers.npz", "summary.json") if (cell / n).is_file()]
+    path = rng.choice(files)  # summary.json is one of them
     how = rng.choice(DAMAGES)
     data = path.read_bytes()
     if how == "truncate":
