@@ -5,21 +5,26 @@
     python -m experiments.depth_sweep --preset paper --distributed   # on every host of a TPU pod slice
     python -m experiments.depth_sweep --depths 2,8,32 --blocks post_ln,pre_ln --lrs 1e-3,3e-3 --out runs/mine
 
-Flags override the preset. Rerunning the same command resumes (finished cells are skipped). Invalid
-input prints one line `error: <field>: <problem>; allowed: ...` and exits with status 2 before anything
-is written. Results: <out>/results.csv, or `jaxnorm.results.load(<out>)` in a notebook.
+Flags override the preset. Rerunning the same command resumes (finished cells are skipped, damaged ones
+redone, one line each); it refuses cells that ran under another setting (devices, library versions, git
+commit) unless --allow-mixed. Ctrl-C (status 130) and SIGTERM (143) stop cleanly with the command that
+resumes. Invalid input prints one line `error: <field>: <problem>; allowed: ...` and exits with status 2
+before anything is written; a failure drawing the figures or report exits 1 with one line. Results: <out>/results.csv, or `jaxnorm.results.load(<out>)` in a notebook.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxnorm.config import (ACTIVATIONS, ADMIN_MODES, ATTENTIONS, BLOCKS, CLIPS, INITS, NORMS, OPTIMIZERS, POSITIONS,
-                            SCHEDULES, TASKS, ConfigError)
+from jaxnorm.config import (ACTIVATIONS, ADMIN_MODES, ATTENTIONS, BLOCKS, CLIPS, INITS, LIMITS, NORMS, OPTIMIZERS,
+                            POSITIONS, SCHEDULES, TASKS, ConfigError)
 
 PRESET_NAMES = ("quick", "paper", "init")
 
@@ -47,26 +52,30 @@ def _split(flag: str, text: str | None) -> list[str] | None:
     return items
 
 
-def _ints(flag: str, text: str | None, minimum: int = 1) -> list[int] | None:
+def _ints(flag: str, text: str | None, minimum: int = 1, maximum: int | None = None) -> list[int] | None:
     items = _split(flag, text)
     try:
         values = None if items is None else [int(t) for t in items]
     except ValueError:
         values = [minimum - 1]
-    if values is not None and any(v < minimum for v in values):
-        raise _flag_error(flag, text, f"comma-separated integers >= {minimum}")
+    if values is not None and any(not minimum <= v <= (maximum or v) for v in values):
+        raise _flag_error(flag, text, f"comma-separated integers >= {minimum}" + _at_most(maximum))
     return values
 
 
-def _int(flag: str, text: str | None, minimum: int) -> int | None:
+def _at_most(maximum: int | None) -> str:
+    return "" if maximum is None else f" and <= {maximum}"
+
+
+def _int(flag: str, text: str | None, minimum: int, maximum: int | None = None) -> int | None:
     if text is None:
         return None
     try:
         value = int(text)
     except ValueError:
         value = minimum - 1
-    if value < minimum:
-        raise _flag_error(flag, text, f"an integer >= {minimum}")
+    if not minimum <= value <= (maximum or value):
+        raise _flag_error(flag, text, f"an integer >= {minimum}" + _at_most(maximum))
     return value
 
 
@@ -149,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (part, field) in SWITCH_FLAGS.items():
         a(flag, action="store_true", help=f"set {part} {field} = true")
     a("--out", help="run directory (default runs/<preset>); rerun the same command to resume")
+    a("--allow-mixed", action="store_true",
+      help="resume even if finished cells ran under another setting (device count or kind, library versions, "
+           "git commit); the report then lists which cells ran how")
     a("--shard", default="0/1", help="i/n: run cells i, i+n, i+2n, ... so n machines share one --out")
     a("--no-progress", action="store_true", help="no progress bars")
     a("--cpu-devices", default="auto",
@@ -184,8 +196,8 @@ def use_cpu_devices(text: str, seeds: int) -> None:
         n = sharding.auto_cpu_devices(seeds) if text == "auto" else int(text)
     except ValueError:
         n = 0
-    if n < 1:
-        raise _flag_error("--cpu-devices", text, "auto or an integer >= 1")
+    if not 1 <= n <= LIMITS["cpu_devices"]:
+        raise _flag_error("--cpu-devices", text, f"auto or an integer >= 1 and <= {LIMITS['cpu_devices']}")
     try:
         sharding.set_cpu_devices(n)
     except RuntimeError:
@@ -207,11 +219,11 @@ def build_spec(args: argparse.Namespace):
                        ("--optimizers", "optimizers"), ("--clip", "clips")):
         if (v := _split(flag, getattr(args, name if name != "clips" else "clip"))) is not None:
             axes[name] = tuple(v)
-    if (v := _ints("--depths", args.depths)) is not None:
+    if (v := _ints("--depths", args.depths, 1, LIMITS["depth"])) is not None:
         axes["depths"] = tuple(v)
     if (v := _floats("--lrs", args.lrs)) is not None:
         axes["lrs"] = tuple(v)
-    if (v := _int("--seeds", args.seeds, 1)) is not None:
+    if (v := _int("--seeds", args.seeds, 1, LIMITS["seeds"])) is not None:
         axes["seeds"] = v
     train, model, probe = {}, {}, {}
     for flag, attr, target, field, minimum in (
@@ -220,7 +232,7 @@ def build_spec(args: argparse.Namespace):
             ("--eval-every", "eval_every", train, "eval_every", 1), ("--d-model", "d_model", model, "d_model", 1),
             ("--heads", "heads", model, "num_heads", 1), ("--d-ff", "d_ff", model, "d_ff", 1),
             ("--probe-every", "probe_every", probe, "probe_every", 1)):
-        if (v := _int(flag, getattr(args, attr), minimum)) is not None:
+        if (v := _int(flag, getattr(args, attr), minimum, LIMITS.get(field))) is not None:
             target[field] = v
     optim: dict[str, Any] = {}
     parts = {"model": model, "optim": optim, "train": train, "probe": probe}
@@ -237,7 +249,7 @@ def build_spec(args: argparse.Namespace):
         model["depth_mup_alpha"] = v
     if (v := _float("--z-loss", args.z_loss, 0.0)) is not None:
         train["z_loss"] = v
-    if (v := _int("--warmup-steps", args.warmup_steps, 0)) is not None:
+    if (v := _int("--warmup-steps", args.warmup_steps, 0, LIMITS["steps"])) is not None:
         optim["warmup_steps"] = v
     if args.task is not None:
         if args.task not in TASKS:
@@ -249,10 +261,52 @@ def build_spec(args: argparse.Namespace):
                         optim=spec.optim.replace(**optim), probe=spec.probe.replace(**probe))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `kill` send before killing a job), raised where the sweep is, so
+    that it stops as on Ctrl-C: finished cells kept, the current one abandoned cleanly, a resume hint."""
+
+
+_SIGTERM_RECEIVED: list[bool] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    _SIGTERM_RECEIVED.append(True)  # if a library turns Terminated into its own error, main still knows
+    raise Terminated
+
+
+def _redeliver_lost_interrupts(previous_hook):
+    """A sys.unraisablehook: an interrupt raised where Python cannot propagate it (the signal handler ran inside
+    a garbage-collector callback, e.g. JAX's, which swallows exceptions) is raised again 50 ms later from a
+    SIGALRM handler, so it lands in the sweep instead of being printed and ignored (if it is swallowed again,
+    this hook sees it again)."""
+    def hook(info):
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # Terminated is one too
+            previous_hook(info)
+            return
+        again = type(info.exc_value)
+
+        def raise_again(signum, frame):
+            raise again
+        signal.signal(signal.SIGALRM, raise_again)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+    return hook
+
+
+def _one_line_warnings() -> None:
+    """Warnings (a skipped damaged or foreign cell) as one `warning: ...` line each, no source line."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
+def _default_out(args: argparse.Namespace) -> str:
+    return args.out if args.out is not None else f"runs/{args.preset}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    out = args.out or f"runs/{args.preset}"
+    out = _default_out(args)
+    _one_line_warnings()
     try:
         spec = build_spec(args)
         shard = parse_shard(args.shard)
@@ -260,23 +314,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.distributed:
             join_distributed()
         from jaxnorm import sweep
-        sweep.validate(spec, out, shard)
+        sweep.validate(spec, out, shard, allow_mixed=args.allow_mixed)
     except ValueError as e:  # ConfigError, DataError: one line, nothing written
         _die(str(e))
+    previous, previous_hook = signal.signal(signal.SIGTERM, _on_sigterm), sys.unraisablehook
+    sys.unraisablehook = _redeliver_lost_interrupts(previous_hook)
+    try:
+        df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed)
+    except KeyboardInterrupt as e:
+        return _interrupted(out, argv, terminated=isinstance(e, Terminated))
+    except Exception as e:
+        return _after_failure(e, out, argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
     from jaxnorm import results
 
-    try:
-        df = sweep.run(spec, out, shard=shard, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        done = len(results.load(out).cell_id.unique()) if (Path(out) / "cells").exists() else 0
-        command = shlex.join([sys.executable, "-m", "experiments.depth_sweep", *argv])
-        print(f"\ninterrupted: {done} finished cells are saved in {out}; resume with:\n  {command}", file=sys.stderr)
-        return 130
     print(results.summary_table(df))
     n_div = int(df["diverged"].sum()) if len(df) else 0
     print(f"{df.cell_id.nunique() if len(df) else 0} cells, {len(df)} runs, {n_div} diverged -> {out}/results.csv")
     print(where_to_look(Path(out)))
     return 0
+
+
+def _after_failure(e: Exception, out: str, argv: list[str]) -> int:
+    """The exit status (and one line) for an error out of the sweep: after a SIGTERM, whatever the error, it
+    is the termination (XLA's compiler, for one, turns Terminated raised in its callback into a RuntimeError);
+    a failed figure or report is status 1; a different spec that won the race to create sweep.json is 2."""
+    from jaxnorm.sweep import ReportError
+
+    if _SIGTERM_RECEIVED:
+        return _interrupted(out, argv, terminated=True)
+    if isinstance(e, ReportError):
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if isinstance(e, ValueError):
+        _die(str(e))
+    raise e
+
+
+def _interrupted(out: str, argv: list[str], *, terminated: bool) -> int:
+    """The message after Ctrl-C (status 130) or SIGTERM (143): what is saved and the command that resumes."""
+    command = shlex.join([sys.executable, "-m", "experiments.depth_sweep", *argv])
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    print(f"\n{what}: {_finished_count(Path(out))} finished cells are saved in {out}; resume with:\n  {command}",
+          file=sys.stderr)
+    return 143 if terminated else 130
+
+
+def _finished_count(out: Path) -> int | str:
+    """How many of sweep.json's cells are finished and look intact. Reads JSON only: the interrupt may have
+    landed in the middle of importing pandas or JAX, which would then fail to import again."""
+    from jaxnorm import integrity
+
+    try:
+        ids = json.loads((out / "sweep.json").read_bytes())["cell_ids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    done = 0
+    for cell_id in ids:
+        try:
+            integrity.check_sizes(out / "cells" / cell_id)
+            done += 1
+        except (integrity.DamagedCell, OSError):
+            pass
+    return done
 
 
 def where_to_look(out: Path) -> str:

@@ -45,6 +45,20 @@ SEQUENCE_MIXING_NORMS = ("instancenorm", "batchnorm")
 NORM_FREE_BLOCKS = tuple(name for name, p in PLACEMENTS.items() if not p.norms)
 
 
+# Upper limits of every size: far above what any sweep here needs, low enough that a typo (an extra digit,
+# a pasted byte count) is refused before JAX overflows an int32, XLA aborts or a loop runs forever. Memory
+# is checked separately (jaxnorm.budget), against what the device has.
+LIMITS = {"depth": 4096, "d_model": 65536, "num_heads": 4096, "d_ff": 262144, "vocab_size": 2**20,
+          "max_len": 2**20, "num_groups": 65536, "sigma_reparam_iters": 1000,
+          "steps": 10**9, "batch_size": 2**20, "seq_len": 2**20, "num_symbols": 2**16, "text_bytes": 2**34,
+          "seeds": 4096, "seed": 2**31 - 1, "log_every": 10**9, "eval_every": 10**9, "eval_batches": 10**6,
+          "warmup_steps": 10**9, "probe_every": 10**9, "probe_batch": 2**16, "power_iters": 10**4,
+          "hutchinson_samples": 10**4, "cpu_devices": 256}
+# Learning rates are float32 numbers in training: below the smallest normal float32 one rounds to 0 (or is
+# flushed to 0 on accelerators), above the largest it is inf.
+FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid. The message is one line naming field, value and what is allowed."""
 
@@ -59,12 +73,16 @@ def check_choice(owner: str, field: str, value: Any, allowed: tuple[str, ...]) -
 
 
 def check_int(owner: str, field: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(owner, field, value, f"an integer >= {minimum}")
+    """An int (not a bool) in [minimum, LIMITS[field]] (no upper limit for a field LIMITS lacks)."""
+    maximum = LIMITS.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        _fail(owner, field, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
 
 
 def check_float(owner: str, field: str, value: Any, minimum: float = 0.0, *, strict: bool = False,
                 maximum: float | None = None) -> None:
+    """A finite int or float >= minimum (> with `strict`) and <= maximum."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > minimum if strict else value >= minimum)
     ok = ok and (maximum is None or value <= maximum)
@@ -72,6 +90,11 @@ def check_float(owner: str, field: str, value: Any, minimum: float = 0.0, *, str
         bound = f"> {minimum}" if strict else f">= {minimum}"
         upper = f" and <= {maximum}" if maximum is not None else ""
         _fail(owner, field, value, f"a finite number {bound}{upper}")
+
+
+def check_lr(owner: str, field: str, value: Any) -> None:
+    """A learning rate: a number > 0 that float32 represents as a normal number (not 0, not inf)."""
+    check_float(owner, field, value, FLOAT32_TINY, maximum=FLOAT32_MAX)
 
 
 def check_bool(owner: str, field: str, value: Any) -> None:
@@ -169,7 +192,7 @@ class OptimConfig:
         check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
         check_choice(o, "schedule", self.schedule, SCHEDULES)
         check_choice(o, "clip", self.clip, CLIPS)
-        check_float(o, "lr", self.lr, 0.0, strict=True)
+        check_lr(o, "lr", self.lr)
         check_int(o, "warmup_steps", self.warmup_steps, 0)
         check_float(o, "clip_value", self.clip_value, 0.0, strict=True)
         check_float(o, "weight_decay", self.weight_decay, 0.0)
@@ -220,6 +243,9 @@ class TrainConfig:
         check_bool(o, "progress", self.progress)
         if self.text_file is not None and not isinstance(self.text_file, str):
             _fail(o, "text_file", self.text_file, "a path string or None")
+        if self.text_file is not None and self.task not in TEXT_TASKS:
+            _fail(o, "text_file", self.text_file, f"None for task {self.task!r} (a text file is read only by "
+                  f"tasks {', '.join(TEXT_TASKS)})")
         if self.task in SYNTHETIC_TASKS and self.seq_len % 2:
             _fail(o, "seq_len", self.seq_len, f"an even number for task {self.task!r}")
 

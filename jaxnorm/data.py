@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import stat
 import sysconfig
 import zlib
 from pathlib import Path
@@ -181,10 +182,16 @@ def _read_text_file(cfg: TrainConfig) -> bytes:
     """The first ``cfg.text_bytes`` bytes of ``cfg.text_file``, checked to be usable UTF-8 text."""
     path = cfg.text_file
     fail = functools.partial(_text_error, path, seq_len=cfg.seq_len)
-    if not os.path.exists(path):
-        raise fail("does not exist")
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise fail("does not exist") from None
+    except OSError as e:
+        raise fail(f"cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
         raise fail("is a directory")
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+        raise fail("is not a regular file (a FIFO, socket or device)")
     try:
         with open(path, "rb") as f:
             data = f.read(cfg.text_bytes)

@@ -15,7 +15,6 @@ choice of which cells a figure shows, and saving. Legends use the registry names
 from __future__ import annotations
 
 import io
-import os
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ import pandas as pd
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from jaxnorm import aggregate, outcome, results, rundir  # noqa: E402
+from jaxnorm import aggregate, integrity, outcome, results, rundir  # noqa: E402
 from jaxnorm.config import NORM_FREE_BLOCKS  # noqa: E402
 
 AXES = list(results.AXIS_COLUMNS)  # depth, block, norm, attention, optimizer, clip, lr
@@ -37,15 +36,13 @@ DPI = 110
 PANEL_W, PANEL_H = 4.2, 3.2
 
 
-class NotARunDir(ValueError):
-    """The directory is not a jaxnorm run directory (no sweep.json or no cells/)."""
+NotARunDir = results.NotARunDir
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    if not (run_dir / "sweep.json").is_file() or not (run_dir / "cells").is_dir():
-        raise NotARunDir(f"{str(run_dir)!r}: not a run directory (no sweep.json and cells/); "
-                         f"allowed: a directory written by jaxnorm.sweep.run")
+    """NotARunDir unless `run_dir` has sweep.json and cells/ (and sweep.json is readable)."""
+    run_dir = results.check_run_dir(run_dir, need_sweep_json=True)
+    results.listed_cells(run_dir)
     return run_dir
 
 
@@ -60,7 +57,8 @@ class LayerStore(Mapping):
         if cell_id not in self._cache:
             try:
                 self._cache[cell_id] = results.load_layers(self.run_dir, cell_id)
-            except FileNotFoundError:
+            except integrity.DamagedCell as e:  # the figures leave the cell out, and say so
+                results.warn(f"skipping {e} in the per-layer figures")
                 raise KeyError(cell_id) from None
         return self._cache[cell_id]
 
@@ -260,8 +258,7 @@ def draw_all(run_dir: str | Path) -> list[Path]:
         fig = make(df, layers, metrics) if not df.empty else None
         path = out / name
         if fig is None:
-            if path.exists():
-                os.remove(path)
+            path.unlink(missing_ok=True)
             continue
         save_atomic(fig, path)
         written.append(path)

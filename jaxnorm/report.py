@@ -70,6 +70,24 @@ def spec_section(sweep: dict, done: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings_section(settings: dict[str, dict]) -> str:
+    """When the cells ran under different settings (a resume with --allow-mixed): which cells ran how, by
+    the setting keys that differ. Empty when every cell ran under one setting."""
+    groups: dict[str, list[str]] = {}
+    for cell_id, setting in settings.items():
+        groups.setdefault(json.dumps(setting, sort_keys=True), []).append(cell_id)
+    if len(groups) < 2:
+        return ""
+    varying = [k for k in rundir.SETTING_KEYS if len({json.dumps(json.loads(g).get(k)) for g in groups}) > 1]
+    lines = ["## Mixed settings", "", "These cells did not all run under one setting (resumed with "
+             f"--allow-mixed); their numbers may differ by more than rounding. Differing: {', '.join(varying)}.", ""]
+    for key, cells in groups.items():
+        setting = json.loads(key)
+        lines.append(f"- {', '.join(f'{k}={setting.get(k)}' for k in varying)}: {len(cells)} cells "
+                     f"({', '.join(cells)})")
+    return "\n".join(lines) + "\n"
+
+
 def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: the axes that vary (block and depth always), then each column of TRAINING_COLUMNS
     (or INIT_COLUMNS for an initialisation-only sweep) as "aggregate (min–max or bootstrap interval)"."""
@@ -98,7 +116,7 @@ def render(run_dir: Path) -> str:
         return "\n".join(parts + [spec_section(sweep, 0), "No finished cells yet.", ""])
     figures = {name for name in FIGURES if (run_dir / "figures" / name).is_file()}
     parts += ["## Findings", "", *[f"{i}. {f}" for i, f in enumerate(findings.findings(df, figures), 1)], "",
-              spec_section(sweep, df.cell_id.nunique()),
+              spec_section(sweep, df.cell_id.nunique()), settings_section(results.cell_settings(run_dir)),
               "## Results", "", markdown_table(results_table(df)),
               f"Each number is aggregated over a cell's seeds: {aggregate_rule()} Spread in parentheses "
               f"(min–max over seeds; 95% bootstrap interval with ≥ {aggregate.BOOTSTRAP_MIN_SEEDS} seeds). "

@@ -1,4 +1,5 @@
-"""Read a run directory into pandas. Works on partial runs: only finished cells (with summary.json) count.
+"""Read a run directory into pandas. Works on partial runs: only finished cells (with summary.json) count,
+and only the cells sweep.json lists; a damaged cell is skipped with a warning naming it (jaxnorm.integrity).
 
 >>> from jaxnorm import results
 >>> df = results.load("runs/quick")                    # one row per (cell, seed)
@@ -10,27 +11,95 @@
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from jaxnorm import aggregate, outcome
+from jaxnorm import aggregate, integrity, outcome
 from jaxnorm.columns import AXIS_COLUMNS, CONFIG_COLUMNS, GROUP_COLUMNS, TIMING_COLUMNS  # noqa: F401 (re-exported)
 
 
-def _summaries(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished cell's summary.json, in the sweep's cell order (then by id for unknown cells)."""
+class NotARunDir(ValueError):
+    """The path is not a jaxnorm run directory (or its sweep.json is unreadable); the message is one line."""
+
+
+class RunDirWarning(UserWarning):
+    """A cell left out of the results: not in sweep.json, or its files are damaged (one line naming them)."""
+
+
+def check_run_dir(run_dir: str | Path, *, need_sweep_json: bool = False) -> Path:
+    """`run_dir` as a Path if it looks like a run directory (sweep.json or cells/), else NotARunDir."""
     run_dir = Path(run_dir)
-    order: dict[str, int] = {}
-    sweep = run_dir / "sweep.json"
-    if sweep.exists():
-        order = {c: i for i, c in enumerate(json.loads(sweep.read_text()).get("cell_ids", []))}
-    paths = sorted((run_dir / "cells").glob("*/summary.json"),
-                   key=lambda p: (order.get(p.parent.name, len(order)), p.parent.name))
-    return [json.loads(p.read_text()) for p in paths]
+    has_sweep, has_cells = (run_dir / "sweep.json").is_file(), (run_dir / "cells").is_dir()
+    if not ((has_sweep and has_cells) if need_sweep_json else (has_sweep or has_cells)):
+        what = "does not exist" if not run_dir.exists() else "has no sweep.json and cells/"
+        raise NotARunDir(f"{str(run_dir)!r}: not a run directory ({what}); "
+                         f"allowed: a directory written by jaxnorm.sweep.run")
+    return run_dir
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, RunDirWarning, stacklevel=3)
+
+
+def listed_cells(run_dir: Path) -> list[str] | None:
+    """sweep.json's cell ids (each checked to be a cell id), or None without a sweep.json. A sweep.json that
+    cannot be read is an error: without it no cell can be told to belong to the sweep."""
+    path = Path(run_dir) / "sweep.json"
+    if not path.is_file():
+        return None
+    try:
+        ids = json.loads(path.read_bytes())["cell_ids"]
+        assert isinstance(ids, list) and all(integrity.is_valid_cell_id(c) for c in ids)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise NotARunDir(f"{str(path)!r}: unreadable or not a sweep.json (no valid cell_ids); allowed: the "
+                         "sweep.json jaxnorm.sweep.run wrote (rerun the sweep's command in a new --out)") from None
+    return ids
+
+
+def sweep_cell_ids(run_dir: Path) -> list[str]:
+    """The cells results are read from: sweep.json's, in its order. Cell directories it does not list (a
+    stray copy from another sweep) are named in one warning; without sweep.json every well-named cell
+    directory counts, with a warning."""
+    cells = Path(run_dir) / "cells"
+    present = sorted(p.name for p in cells.iterdir() if p.is_dir()) if cells.is_dir() else []
+    listed = listed_cells(run_dir)
+    if listed is None:
+        warn(f"{str(run_dir)!r} has no sweep.json: reading every cell directory in it")
+        listed = [c for c in present if integrity.is_valid_cell_id(c)]
+    extra = sorted(set(present) - set(listed))
+    if extra:
+        warn(f"{str(run_dir)!r}: ignoring {len(extra)} cell director{'y' if len(extra) == 1 else 'ies'} not in "
+             f"its sweep: {', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}")
+    return listed
+
+
+def _summaries(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The summary.json of every finished cell of the sweep, in the sweep's cell order. A damaged cell
+    (summary unreadable or another cell's, a file missing or of the wrong size) is skipped with a warning."""
+    run_dir = check_run_dir(run_dir)
+    summaries = []
+    for cell_id in sweep_cell_ids(run_dir):
+        path = run_dir / "cells" / cell_id
+        if not (path / "summary.json").exists():
+            continue
+        try:
+            summaries.append(integrity.check_sizes(path))
+        except integrity.DamagedCell as e:
+            warn(f"skipping {e}")
+    return summaries
+
+
+def cell_settings(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """cell_id -> the setting it ran under (rundir.run_setting; {} for cells written before it was recorded)."""
+    return {s["cell_id"]: s.get("setting") or {} for s in _summaries(run_dir)}
 
 
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -44,8 +113,9 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:
-    """One row per (cell, seed) from every finished cell's summary.json (see rundir.summarize for columns).
-    null/None (a non-finite number) reads as NaN."""
+    """One row per (cell, seed) from the summary.json of every finished cell sweep.json lists (see
+    rundir.summarize for columns). null/None (a non-finite number) reads as NaN. NotARunDir if `run_dir` is
+    not a run directory; a damaged or foreign cell is left out with a RunDirWarning naming it."""
     rows = [r for s in _summaries(run_dir) for r in summary_rows(s)]
     columns = ["cell_id", *AXIS_COLUMNS, *[c for cs in CONFIG_COLUMNS.values() for c in cs], "seed"]
     df = pd.DataFrame(rows, columns=None if rows else columns)
@@ -66,19 +136,37 @@ def _numeric(col: pd.Series) -> pd.Series:
 def load_layers(run_dir: str | Path, cell_id: str) -> dict[str, np.ndarray]:
     """A cell's layers.npz as a dict: per-layer arrays [profiles, S, L, ...] keyed as in History
     ("grad_norm/all", "act_grad_norm", "jac_spectral", ...), plus "layer_steps", "jacobian_steps",
-    "eval_steps", "eval_loss", "eval_accuracy" and "seeds"."""
-    with np.load(Path(run_dir) / "cells" / cell_id / "layers.npz") as f:
-        return {k: f[k] for k in f.files}
+    "eval_steps", "eval_loss", "eval_accuracy" and "seeds". integrity.DamagedCell (one line naming the
+    cell and the file) if the cell is unfinished or its layers.npz is missing, truncated or corrupt."""
+    path = check_run_dir(run_dir) / "cells" / integrity.check_cell_id(cell_id)
+    summary = integrity.read_summary(path)
+    data = integrity.read_checked(path, summary, "layers.npz")
+    try:
+        with np.load(io.BytesIO(data)) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        raise integrity.DamagedCell(cell_id, "layers.npz", "is not a readable npz file") from None
+
+
+def _metrics_rows(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    data = integrity.read_checked(run_dir / "cells" / summary["cell_id"], summary, "metrics.jsonl")
+    try:
+        return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    except ValueError:
+        raise integrity.DamagedCell(summary["cell_id"], "metrics.jsonl", "is not JSON lines") from None
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """Every finished cell's metrics.jsonl rows (step, seed, loss, ...) with cell_id and axis columns.
+    """Every finished cell's metrics.jsonl rows (step, seed, loss, ...) with cell_id and axis columns (a cell
+    whose metrics.jsonl is damaged is skipped with a warning).
     The per-step learning rate (metrics.jsonl's "lr") is renamed `step_lr`: `lr` is the cell's peak lr."""
     frames = []
     for s in _summaries(run_dir):
-        path = Path(run_dir) / "cells" / s["cell_id"] / "metrics.jsonl"
-        with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        try:
+            rows = _metrics_rows(Path(run_dir), s)
+        except integrity.DamagedCell as e:
+            warn(f"skipping {e}")
+            continue
         frame = pd.DataFrame(rows).rename(columns={"lr": "step_lr"})
         for k, v in reversed(list({"cell_id": s["cell_id"], **s["cell"]}.items())):
             frame.insert(0, k, v)

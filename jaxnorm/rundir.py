@@ -6,12 +6,15 @@
 <out>/cells/<cell_id>/metrics.jsonl one object per (logged step, seed)
 <out>/cells/<cell_id>/layers.npz    History.layers / jacobian / eval arrays
 <out>/cells/<cell_id>/summary.json  written last: its presence means the cell is done
-<out>/results.csv                   one row per (cell, seed), rebuilt from every summary.json
+<out>/results.csv                   one row per (cell, seed), rebuilt from the summaries of sweep.json's cells
+<out>/.locks/<cell_id>.lock         held (flock) by the process training that cell
 ```
-Every file is written to a temporary name in its own directory, fsynced and `os.replace`d into place,
-so a killed run never leaves a truncated file under a final name. JSON is strict: a non-finite number
-is written as null (the `nonfinite_*` and `diverged` fields say what happened). A cell that is
-(re)started first deletes the temporary files a killed run may have left in its directory.
+Every file is written to a temporary name in its own directory (`.<name>.<pid>.<random>.tmp`), fsynced and
+`os.replace`d into place, so a killed run never leaves a truncated file under a final name. JSON is strict:
+a non-finite number is written as null (the `nonfinite_*` and `diverged` fields say what happened). A cell
+is trained only by the process holding its lock (`claim_cell`); that process first deletes the temporary
+files that dead processes left in its directory, never a live process's. summary.json records the size and
+sha256 of the cell's other files and the setting that can change its numbers (`run_setting`).
 
 Test hook: with the environment variable JAXNORM_TEST_WRITE_DELAY_S=<seconds> set, every atomic
 write of a file inside a cell directory sleeps that long after writing its temporary file and before
@@ -21,11 +24,16 @@ renaming it into place, so a test can kill the process in the middle of writing 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
 import io
 import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -40,6 +48,7 @@ from jaxnorm.cell_stats import FINAL_WINDOW, summarize_seed  # noqa: F401 (FINAL
 from jaxnorm import metrics
 from jaxnorm.config import ConfigError
 from jaxnorm.history import History
+from jaxnorm.integrity import manifest
 from jaxnorm.sweep_spec import Cell, SweepSpec, spec_to_dict
 
 FORMAT_VERSION = 1
@@ -51,7 +60,7 @@ METRIC_KEYS = metrics.names(jsonl=True)  # the per-step scalars of the metric re
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file next to `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared run directory needs the umask's
         with os.fdopen(fd, "wb") as f:
@@ -64,6 +73,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def temp_owner_alive(tmp: Path) -> bool:
+    """Whether the process that named temporary file `tmp` (its pid is in the name) is still running.
+    A name without a pid (an older format) counts as dead; the caller's own temporaries as alive."""
+    m = TEMP_NAME.fullmatch(Path(tmp).name)
+    if m is None:
+        return False
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_dead_temps(directory: Path) -> int:
+    """Delete the temporary files in `directory` whose writer has died (never a live process's, which
+    would make it crash on its rename); returns how many."""
+    removed = 0
+    for tmp in Path(directory).glob(".*.tmp"):
+        if not temp_owner_alive(tmp):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def current_umask() -> int:
@@ -131,6 +172,29 @@ def environment() -> dict[str, Any]:
             "git_commit": git_commit or None}
 
 
+SETTING_KEYS = ("platform", "device_kind", "device_count", "jax", "jaxlib", "flax", "optax", "git_commit")
+
+
+@functools.lru_cache(maxsize=1)
+def run_setting() -> dict[str, Any]:
+    """What besides the spec can change a cell's numbers: the devices it runs on (kind and count: seeds split
+    over devices round differently), the library versions and the jaxnorm commit. Stored in every
+    summary.json, so a resume under another setting is noticed (jaxnorm.sweep) and the report can say
+    which cells ran how."""
+    import jax
+    import jaxlib
+
+    env = environment()
+    return {"platform": env["platform"], "device_kind": env["device_kind"],
+            "device_count": jax.local_device_count(), "jax": env["jax"], "jaxlib": jaxlib.__version__,
+            "flax": env["flax"], "optax": env["optax"], "git_commit": env["git_commit"]}
+
+
+def setting_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key=old -> new` for each setting key whose value differs."""
+    return [f"{k}={old.get(k)} -> {new.get(k)}" for k in SETTING_KEYS if old.get(k) != new.get(k)]
+
+
 def typed_command() -> str:
     """The command line as the user typed it (`python -m experiments.depth_sweep --depths 2,8`), not the
     resolved script path of sys.argv; the interpreter is written as `python`."""
@@ -138,17 +202,47 @@ def typed_command() -> str:
     return shlex.join(["python", *argv[1:]])
 
 
+def _out_error(out_dir: Any, problem: str) -> ConfigError:
+    return ConfigError(f"out (--out): {str(out_dir)!r} {problem}; allowed: a new or existing run directory "
+                       "that this user can create and write")
+
+
 def check_out_dir(out_dir: Path) -> None:
-    """ConfigError naming --out if `out_dir` cannot be a run directory: it, or the nearest existing
-    folder above it, is not a directory (e.g. --out names an existing file)."""
+    """ConfigError naming --out unless `out_dir` can be a run directory: a non-empty path whose nearest
+    existing folder (itself or above) is a directory this process can write in. Writing is tried (a
+    probe folder created and removed at once), since permission bits do not tell for root, read-only
+    mounts or /proc; the check writes nothing that stays."""
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir).strip():
+        raise _out_error(out_dir, "is empty")
     out_dir = Path(out_dir)
     for p in (out_dir, *out_dir.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
                 what = "is" if p == out_dir else f"is inside {str(p)!r}, which is"
-                raise ConfigError(f"--out: {str(out_dir)!r} {what} not a directory; "
-                                  f"allowed: a new or existing run directory")
+                raise _out_error(out_dir, f"{what} not a directory")
+            _probe_writable(out_dir, p)
             return
+
+
+def _probe_writable(out_dir: Path, existing: Path) -> None:
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=f".jaxnorm-probe-{os.getpid()}-"))
+    except OSError as e:
+        where = "" if existing == out_dir else f" ({str(existing)!r}, the nearest existing folder)"
+        raise _out_error(out_dir, f"is not writable{where}: {e.strerror or type(e).__name__}") from None
+
+
+def check_foreign_cells(out_dir: Path, cell_ids: list[str]) -> None:
+    """Without a sweep.json, a run directory is resumed only if every cell directory in it belongs to the
+    spec: cells of another spec would otherwise mix into the results."""
+    cells = Path(out_dir) / "cells"
+    if (Path(out_dir) / "sweep.json").exists() or not cells.is_dir():
+        return
+    foreign = sorted(p.name for p in cells.iterdir() if p.is_dir() and p.name not in set(cell_ids))
+    if foreign:
+        raise ConfigError(f"out (--out): run directory {str(out_dir)!r} has no sweep.json and holds {len(foreign)} "
+                          f"cell(s) that are not in this spec ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); allowed: the spec that wrote them, or a new --out")
 
 
 def check_sweep_json(out_dir: Path, spec: SweepSpec) -> bool:
@@ -163,15 +257,59 @@ def check_sweep_json(out_dir: Path, spec: SweepSpec) -> bool:
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
-        raise ConfigError(f"--out: run directory {str(out_dir)!r} holds a different sweep (see its sweep.json); "
+        raise ConfigError(f"out (--out): run directory {str(out_dir)!r} holds a different sweep (see its sweep.json); "
                           f"allowed: the same spec to resume it, or a new --out directory")
     return True
 
 
+def sweep_json_bytes(spec: SweepSpec, cell_ids: list[str]) -> bytes:
+    data = {"format_version": FORMAT_VERSION, "spec": spec_to_dict(spec), "num_cells": len(cell_ids),
+            "cell_ids": cell_ids, "environment": environment()}
+    return (json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n").encode()
+
+
 def write_sweep_json(out_dir: Path, spec: SweepSpec, cell_ids: list[str]) -> None:
-    atomic_write_json(Path(out_dir) / "sweep.json", {
-        "format_version": FORMAT_VERSION, "spec": spec_to_dict(spec), "num_cells": len(cell_ids),
-        "cell_ids": cell_ids, "environment": environment()})
+    atomic_write_bytes(Path(out_dir) / "sweep.json", sweep_json_bytes(spec, cell_ids))
+
+
+def create_sweep_json(out_dir: Path, spec: SweepSpec, cell_ids: list[str]) -> None:
+    """Create sweep.json only if no process has (a complete temporary file hard-linked to the final name,
+    which fails if it exists), then read it back: of two different specs started at once into one
+    directory, exactly one wins and the other gets check_sweep_json's ConfigError."""
+    path = Path(out_dir) / "sweep.json"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".sweep.json.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(sweep_json_bytes(spec, cell_ids))
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    check_sweep_json(out_dir, spec)
+
+
+@contextlib.contextmanager
+def claim_cell(out_dir: Path, cell_id: str, *, wait: bool):
+    """Hold the cell's lock while training it; yields False (at once) if another process holds it and
+    `wait` is False. The lock is an flock on <out>/.locks/<cell_id>.lock: the kernel releases it when
+    its holder dies (SIGKILL, OOM, a crashed node's NFS lease), so a stale lock needs no cleanup."""
+    locks = Path(out_dir) / ".locks"
+    locks.mkdir(exist_ok=True)
+    fd = os.open(locks / f"{cell_id}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 # --- one cell -------------------------------------------------------------------------------------------
@@ -185,10 +323,10 @@ def is_done(out_dir: Path, cell_id: str) -> bool:
 
 
 def write_config(path: Path, cell: Cell) -> None:
-    """Create the cell's directory (removing temporary files a killed run left there) and its config.json."""
+    """Create the cell's directory (removing temporary files dead runs left there) and its config.json.
+    The caller holds the cell's lock (`claim_cell`)."""
     path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_dead_temps(path)
     atomic_write_json(path / "config.json", {"cell": cell.axes(), **cell.configs()})
 
 
@@ -249,11 +387,12 @@ def summarize(h: History, cell: Cell, wall_s: float) -> dict[str, Any]:
 
 
 def write_cell(path: Path, cell: Cell, h: History, wall_s: float) -> dict[str, Any]:
-    """Write metrics.jsonl, layers.npz, then (last) summary.json; returns the summary."""
+    """Write metrics.jsonl, layers.npz, then (last) summary.json with their sizes and hashes; returns the
+    summary."""
     rows = metrics_rows(h)
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
     atomic_write_bytes(path / "metrics.jsonl", text.encode())
     atomic_save_npz(path / "layers.npz", layer_arrays(h))
-    summary = summarize(h, cell, wall_s)
+    summary = dict(summarize(h, cell, wall_s), files=manifest(path), setting=run_setting())
     atomic_write_json(path / "summary.json", summary)
     return summary

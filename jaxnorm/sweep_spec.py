@@ -21,7 +21,8 @@ import math
 from typing import Any
 
 from jaxnorm.config import (
-    ATTENTIONS, BLOCKS, CAUSAL_TASKS, CLIPS, NORM_FREE_BLOCKS, NORMS, OPTIMIZERS, TEXT_TASKS, ConfigError,
+    ATTENTIONS, BLOCKS, CAUSAL_TASKS, CLIPS, FLOAT32_MAX, FLOAT32_TINY, LIMITS, NORM_FREE_BLOCKS, NORMS,
+    OPTIMIZERS, TEXT_TASKS, ConfigError,
     ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict, to_dict,
 )
 
@@ -129,8 +130,10 @@ class SweepSpec:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"SweepSpec.{name}: invalid value {getattr(self, name)!r}; allowed: a {cls.__name__}")
         self._check_axes()
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise _bad("seeds", self.seeds, "an integer >= 1")
+        for name in AXES:
+            object.__setattr__(self, name, merge_duplicates(name, getattr(self, name)))
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= LIMITS["seeds"]:
+            raise _bad("seeds", self.seeds, f"an integer >= 1 and <= {LIMITS['seeds']}")
         expand(self)  # builds (and so validates) every cell's configs
 
     def _check_axes(self) -> None:
@@ -139,14 +142,14 @@ class SweepSpec:
             values = getattr(self, name)
             if not values:
                 raise _bad(name, values, "a non-empty list")
-            if len(set(values)) != len(values):
-                raise _bad(name, values, "a list without repeated values")
             for v in values:
-                if name == "depths" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                    raise _bad(name, v, "integers >= 1")
+                if name == "depths" and (isinstance(v, bool) or not isinstance(v, int)
+                                         or not 1 <= v <= LIMITS["depth"]):
+                    raise _bad(name, v, f"integers >= 1 and <= {LIMITS['depth']}")
                 if name == "lrs" and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                      or not math.isfinite(v) or v <= 0):
-                    raise _bad(name, v, "finite numbers > 0")
+                                      or not math.isfinite(v) or not FLOAT32_TINY <= v <= FLOAT32_MAX):
+                    raise _bad(name, v, f"numbers > 0 that float32 represents (>= {FLOAT32_TINY:.4g} "
+                                        f"and <= {FLOAT32_MAX:.4g})")
                 if name == "clips":
                     parse_clip(v)
                 if name in registries and v not in registries[name]:
@@ -158,6 +161,18 @@ class SweepSpec:
     @property
     def num_cells(self) -> int:
         return len(expand(self))
+
+
+def merge_duplicates(axis: str, values: tuple) -> tuple:
+    """`values` without repeats, the first spelling kept: values equal after normalisation (a clip
+    `global_norm:1` and `global_norm:1.0`, learning rates 1e-3 and 0.001) would train identical cells."""
+    key = parse_clip if axis == "clips" else (float if axis == "lrs" else (lambda v: v))
+    seen, kept = set(), []
+    for v in values:
+        if key(v) not in seen:
+            seen.add(key(v))
+            kept.append(v)
+    return tuple(kept)
 
 
 def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:

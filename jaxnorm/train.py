@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from jaxnorm import model as model_lib
 from jaxnorm import padding, probes, programs, sharding
-from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
+from jaxnorm.config import ConfigError, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
 from jaxnorm.data import Dataset, make_dataset
 from jaxnorm.history import History, nonfinite_records, stack_dicts
 from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, make_measure
@@ -88,6 +88,15 @@ def _step_key_config(train_cfg: TrainConfig) -> TrainConfig:
     return train_cfg.replace(seed=0, seeds=1, progress=False, log_every=1, eval_every=1, eval_batches=1)
 
 
+def check_config_types(model_cfg: Any, optim_cfg: Any, train_cfg: Any, probe_cfg: Any) -> None:
+    """ConfigError naming the argument if a config is None or of another type (e.g. two swapped), instead
+    of an AttributeError from deep inside the training code."""
+    for name, value, cls in (("model_cfg", model_cfg, ModelConfig), ("optim_cfg", optim_cfg, OptimConfig),
+                             ("train_cfg", train_cfg, TrainConfig), ("probe_cfg", probe_cfg, ProbeConfig)):
+        if not isinstance(value, cls):
+            raise ConfigError(f"train.{name}: invalid value {type(value).__name__}; allowed: a {cls.__name__}")
+
+
 def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
           probe_cfg: ProbeConfig | None = None, *, desc: str | None = None, pad_to: int | None = None) -> History:
     """Train `train_cfg.seeds` models from seeds seed, seed+1, ... and return everything measured.
@@ -103,7 +112,8 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     >>> h.metrics["loss"].shape, h.layers["grad_norm/all"].shape
     ((20, 1), (3, 1, 2))
     """
-    probe_cfg = probe_cfg or ProbeConfig()
+    probe_cfg = ProbeConfig() if probe_cfg is None else probe_cfg
+    check_config_types(model_cfg, optim_cfg, train_cfg, probe_cfg)
     data = make_dataset(train_cfg)
     model_cfg = resolve_model_config(model_cfg, data)
     S, B = train_cfg.seeds, train_cfg.batch_size

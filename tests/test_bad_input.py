@@ -44,7 +44,7 @@ def _text_files(tmp: Path) -> dict[str, Path]:
     return files
 
 
-def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
+def _cases(tmp: Path, fifo: Path) -> list[tuple[str, list[str], str]]:
     """(name, extra flags, keyword the one stderr line must contain). Later flags override TINY's."""
     f = _text_files(tmp)
     a_file = tmp / "i_am_a_file"
@@ -98,6 +98,22 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("--out is a file", ["--out", str(a_file)], "--out"),
         ("--out under a file", ["--out", str(a_file / "run")], "--out"),
         ("--out holds another spec", ["--out", str(tmp / "other_run")], "different sweep"),
+        # sizes beyond any sane limit, refused before JAX overflows, XLA aborts or a loop never ends
+        ("huge depth", ["--depths", "99999999999999999999"], "--depths"),
+        ("huge steps", ["--steps", "9223372036854775808"], "--steps"),
+        ("huge batch", ["--batch-size", "1000000000000"], "--batch-size"),
+        ("huge d_model", ["--d-model", "1000000000", "--heads", "1"], "--d-model"),
+        ("huge heads", ["--heads", "100000"], "--heads"),
+        ("huge seq_len", ["--seq-len", "100000000"], "--seq-len"),
+        ("huge seeds", ["--seeds", "1000000000000"], "--seeds"),
+        ("huge cpu devices", ["--cpu-devices", "100000"], "--cpu-devices"),
+        ("cell larger than memory", ["--d-model", "16384", "--heads", "1", "--d-ff", "65536", "--depths", "512",
+                                     "--batch-size", "4096", "--seq-len", "4096"], "memory"),
+        ("lr zero in float32", ["--lrs", "1e-320"], "--lrs"),
+        ("lr inf in float32", ["--lrs", "1e39"], "--lrs"),
+        ("FIFO as text file", [*lm, "--text-file", str(fifo)], "not a regular file"),
+        ("--out under /proc", ["--out", "/proc/jaxnorm-run"], "--out"),
+        ("empty --out", ["--out", ""], "--out"),
     ]
 
 
@@ -119,9 +135,21 @@ def _run_cli(args: list[str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_malformed_input_exits_2_with_one_line_and_changes_nothing(tmp_path):
+@pytest.fixture
+def fifo():
+    """A named pipe, outside tmp_path (reading it there to compare trees would block)."""
+    import os
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp())
+    os.mkfifo(d / "pipe")
+    yield d / "pipe"
+    shutil.rmtree(d)
+
+
+def test_malformed_input_exits_2_with_one_line_and_changes_nothing(tmp_path, fifo):
     _other_run(tmp_path / "other_run")
-    cases = _cases(tmp_path)
+    cases = _cases(tmp_path, fifo)
     assert len(cases) >= 25
     argvs = []
     for i, (name, flags, _) in enumerate(cases):
@@ -183,3 +211,56 @@ def test_malformed_input_exits_2_with_one_line_and_changes_nothing(tmp_path):
 def test_config_field_errors_name_the_field(cls, field, value):
     with pytest.raises(ValueError, match=rf"^{cls.__name__}\.{field}: invalid value"):
         cls(**{field: value})
+
+
+# --- the Python API: the same refusals as the command line, one line naming the field -------------------
+
+def test_python_api_refuses_like_the_command_line(tmp_path):
+    import jaxnorm
+    from jaxnorm import results, sweep
+    from jaxnorm.config import ConfigError
+    from jaxnorm.train import train
+
+    with pytest.raises(ConfigError, match=r"^train\.model_cfg: invalid value OptimConfig; allowed: a ModelConfig"):
+        train(OptimConfig(), ModelConfig(), TrainConfig())
+    with pytest.raises(ConfigError, match=r"^train\.train_cfg: invalid value NoneType"):
+        train(ModelConfig(), OptimConfig(), None)
+    with pytest.raises(ConfigError, match=r"^TrainConfig\.text_file: .*task lm"):
+        TrainConfig(task="reverse", text_file=__file__)
+    with pytest.raises(ConfigError, match=r"^TrainConfig\.steps: invalid value 9223372036854775808"):
+        TrainConfig(steps=2**63)
+    with pytest.raises(ConfigError, match=r"^OptimConfig\.lr: invalid value 1e-320"):
+        OptimConfig(lr=1e-320)
+    with pytest.raises(ConfigError, match=r"^spec: invalid value NoneType"):
+        sweep.run(None, tmp_path / "run")
+    with pytest.raises(results.NotARunDir, match="not a run directory"):
+        jaxnorm.load(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"^out \(--out\): '' is empty"):
+        sweep.validate(sweep.preset("quick"), "")
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_only_out_is_refused(tmp_path):
+    import os
+    from jaxnorm import rundir
+    from jaxnorm.config import ConfigError
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK) and os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder")
+        with pytest.raises(ConfigError, match=r"^out \(--out\): .*is not writable"):
+            rundir.check_out_dir(ro / "run")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_grid_values_equal_after_normalisation_are_merged():
+    from experiments import depth_sweep
+    args = depth_sweep.build_parser().parse_args([*TINY, "--clip", "global_norm:1,global_norm:1.0,none",
+                                                  "--lrs", "1e-3,0.001", "--depths", "2,02"])
+    spec = depth_sweep.build_spec(args)
+    assert spec.clips == ("global_norm:1", "none") and spec.lrs == (1e-3,) and spec.depths == (2,)
+    assert spec.num_cells == 2

@@ -129,4 +129,7 @@ def test_load_reads_a_real_run_and_partial_runs(tmp_path):
     partial = results.load(out)
     assert list(partial.cell_id.unique()) == [ids[0]]
     assert set(results.load_metrics(out).cell_id) == {ids[0]}
+    (tmp_path / "empty" / "cells").mkdir(parents=True)
     assert results.load(tmp_path / "empty").empty and results.summary_table(results.load(tmp_path / "empty"))
+    with pytest.raises(results.NotARunDir, match="not a run directory"):
+        results.load(tmp_path / "nowhere")
