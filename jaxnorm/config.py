@@ -244,8 +244,8 @@ class TrainConfig:
         if self.text_file is not None and not isinstance(self.text_file, str):
             _fail(o, "text_file", self.text_file, "a path string or None")
         if self.text_file is not None and self.task not in TEXT_TASKS:
-            _fail(o, "text_file", self.text_file, f"None for task {self.task!r} (a text file is read only by "
-                  f"tasks {', '.join(TEXT_TASKS)})")
+            raise ConfigError(f"{o}.text_file: invalid value {self.text_file!r} for task {self.task!r}; allowed: "
+                              f"a text file only with task {' or '.join(TEXT_TASKS)} (None for other tasks)")
         if self.task in SYNTHETIC_TASKS and self.seq_len % 2:
             _fail(o, "seq_len", self.seq_len, f"an even number for task {self.task!r}")
 

@@ -229,9 +229,6 @@ def check_data(spec: SweepSpec) -> None:
     anything is written); raises ConfigError or jaxnorm.data.DataError. Reads a text task's corpus once."""
     from jaxnorm.data import make_dataset
 
-    if spec.train.text_file is not None and spec.train.task not in TEXT_TASKS:
-        raise ConfigError(f"TrainConfig.text_file (--text-file): invalid value {spec.train.text_file!r} for task "
-                          f"{spec.train.task!r}; allowed: a text file only with task {' or '.join(TEXT_TASKS)}")
     if spec.train.task in TEXT_TASKS:
         make_dataset(spec.train)
 

@@ -388,6 +388,25 @@ def test_two_identical_runs_share_one_directory_and_train_each_cell_once(tmp_pat
     assert len(results.load(out)) == 2 * SPEC2.seeds and not list(out.rglob("*.tmp"))
 
 
+def test_two_identical_commands_on_one_directory_both_finish_and_train_each_cell_once(tmp_path):
+    """Two real CLI processes on one run directory (the cell lock is a kernel flock between processes): both
+    exit 0, and each cell's config.json, rewritten whenever a cell (re)starts, is written exactly once."""
+    out = tmp_path / "run"
+    procs = [_popen(out, 0.2) for _ in range(2)]
+    inodes: dict[str, set[int]] = {}
+    while any(p.poll() is None for p in procs):
+        for config in (out / "cells").glob("*/config.json") if (out / "cells").exists() else ():
+            try:
+                inodes.setdefault(config.parent.name, set()).add(config.stat().st_ino)
+            except FileNotFoundError:  # being replaced right now
+                pass
+        time.sleep(0.02)
+    for p in procs:
+        assert p.returncode == 0, p.stderr.read()[-2000:]
+    assert len(inodes) == N_CELLS and all(len(v) == 1 for v in inodes.values()), inodes
+    assert _finished(out) == set(inodes) and len(results.load(out)) == N_CELLS * SEEDS
+
+
 def test_a_failure_drawing_figures_exits_1_with_one_line_and_a_rerun_draws_them(finished, tmp_path, monkeypatch, capsys):
     import errno
     out, _ = _copy(finished, tmp_path)

@@ -105,7 +105,7 @@ def test_text_tasks_versus_causal_tasks(tmp_path):
     spec = tiny_spec().replace(norms=("batchnorm",), train=tiny_spec().train.replace(task="mlm"))
     assert [c.norm for c in expand(spec)] == ["batchnorm"] * len(spec.lrs)
     for task in ("reverse", "sort", "copy"):
-        with pytest.raises(ConfigError, match=r"^TrainConfig\.text_file \(--text-file\): .* lm or mlm$"):
+        with pytest.raises(ConfigError, match=r"^TrainConfig\.text_file: .* lm or mlm \(None for other tasks\)$"):
             check_data(tiny_spec().replace(train=tiny_spec().train.replace(task=task, text_file=str(corpus))))
 
 
