@@ -102,6 +102,22 @@ def check_bool(owner: str, field: str, value: Any) -> None:
         _fail(owner, field, value, "true or false")
 
 
+def check_fields(cfg: Any, *, owner: str | None = None, ints: dict[str, int] | None = None, choices: dict[str, tuple[str, ...]] | None = None,
+                 bools: tuple[str, ...] = (), floats: dict[str, dict[str, Any]] | None = None) -> None:
+    """Validate a config's fields from tables: `ints` field -> minimum (maximum from LIMITS), `choices` field ->
+    allowed names, `bools` fields, `floats` field -> check_float's keyword arguments. `owner` names the class in
+    errors (default: cfg's own class)."""
+    owner = owner or type(cfg).__name__
+    for field, minimum in (ints or {}).items():
+        check_int(owner, field, getattr(cfg, field), minimum)
+    for field, allowed in (choices or {}).items():
+        check_choice(owner, field, getattr(cfg, field), allowed)
+    for field in bools:
+        check_bool(owner, field, getattr(cfg, field))
+    for field, kw in (floats or {}).items():
+        check_float(owner, field, getattr(cfg, field), **kw)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The Transformer: its size and every variant choice (the variants: ARCHITECTURE.md, "Registries")."""
@@ -131,28 +147,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         o = "ModelConfig"
-        check_int(o, "depth", self.depth, 1)
-        check_int(o, "d_model", self.d_model, 1)
-        check_int(o, "num_heads", self.num_heads, 1)
-        check_int(o, "d_ff", self.d_ff, 1)
-        check_int(o, "vocab_size", self.vocab_size, 2)
-        check_int(o, "max_len", self.max_len, 1)
-        check_int(o, "num_groups", self.num_groups, 1)
-        check_int(o, "sigma_reparam_iters", self.sigma_reparam_iters, 1)
-        check_choice(o, "block", self.block, tuple(PLACEMENTS))  # live: a registration counts at once
-        check_choice(o, "norm", self.norm, NORMS)
-        check_choice(o, "attention", self.attention, ATTENTIONS)
-        check_choice(o, "activation", self.activation, ACTIVATIONS)
-        check_choice(o, "init", self.init, INITS)
-        check_choice(o, "positions", self.positions, POSITIONS)
-        check_choice(o, "admin_mode", self.admin_mode, ADMIN_MODES)
-        check_choice(o, "dtype", self.dtype, DTYPES)
-        check_bool(o, "causal", self.causal)
-        check_bool(o, "scan", self.scan)
-        check_bool(o, "remat", self.remat)
-        check_float(o, "norm_eps", self.norm_eps, 0.0, strict=True)
-        check_float(o, "depth_mup_alpha", self.depth_mup_alpha, 0.0)
-        check_float(o, "mix_ln_alpha", self.mix_ln_alpha, 0.0, maximum=1.0)
+        check_fields(self, owner=o, ints={"depth": 1, "d_model": 1, "num_heads": 1, "d_ff": 1, "vocab_size": 2, "max_len": 1,
+                                 "num_groups": 1, "sigma_reparam_iters": 1},
+                     choices={"block": tuple(PLACEMENTS),  # live: a registration counts at once
+                              "norm": NORMS, "attention": ATTENTIONS, "activation": ACTIVATIONS, "init": INITS,
+                              "positions": POSITIONS, "admin_mode": ADMIN_MODES, "dtype": DTYPES},
+                     bools=("causal", "scan", "remat"),
+                     floats={"norm_eps": dict(minimum=0.0, strict=True), "depth_mup_alpha": dict(minimum=0.0),
+                             "mix_ln_alpha": dict(minimum=0.0, maximum=1.0)})
         if self.d_model % self.num_heads:
             _fail(o, "num_heads", self.num_heads, f"a divisor of d_model={self.d_model}")
         if self.norm == "groupnorm" and self.d_model % self.num_groups:
@@ -188,18 +190,12 @@ class OptimConfig:
     skip_nonfinite: bool = False   # wrap in optax.apply_if_finite: a non-finite gradient skips the update
 
     def __post_init__(self) -> None:
-        o = "OptimConfig"
-        check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
-        check_choice(o, "schedule", self.schedule, SCHEDULES)
-        check_choice(o, "clip", self.clip, CLIPS)
-        check_lr(o, "lr", self.lr)
-        check_int(o, "warmup_steps", self.warmup_steps, 0)
-        check_float(o, "clip_value", self.clip_value, 0.0, strict=True)
-        check_float(o, "weight_decay", self.weight_decay, 0.0)
-        check_float(o, "b1", self.b1, 0.0, maximum=1.0)
-        check_float(o, "b2", self.b2, 0.0, maximum=1.0)
-        check_float(o, "eps", self.eps, 0.0)
-        check_bool(o, "skip_nonfinite", self.skip_nonfinite)
+        check_fields(self, choices={"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "clip": CLIPS})
+        check_lr("OptimConfig", "lr", self.lr)
+        check_fields(self, ints={"warmup_steps": 0}, bools=("skip_nonfinite",),
+                     floats={"clip_value": dict(minimum=0.0, strict=True), "weight_decay": dict(minimum=0.0),
+                             "b1": dict(minimum=0.0, maximum=1.0), "b2": dict(minimum=0.0, maximum=1.0),
+                             "eps": dict(minimum=0.0)})
 
     def replace(self, **changes: Any) -> "OptimConfig":
         return dataclasses.replace(self, **changes)
@@ -227,20 +223,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
-        check_choice(o, "task", self.task, TASKS)
-        check_int(o, "steps", self.steps, 0)
-        check_int(o, "batch_size", self.batch_size, 1)
-        check_int(o, "seq_len", self.seq_len, 2)
-        check_int(o, "num_symbols", self.num_symbols, 2)
-        check_int(o, "text_bytes", self.text_bytes, 1)
-        check_int(o, "seeds", self.seeds, 1)
-        check_int(o, "seed", self.seed, 0)
-        check_int(o, "log_every", self.log_every, 1)
-        check_int(o, "eval_every", self.eval_every, 1)
-        check_int(o, "eval_batches", self.eval_batches, 1)
-        check_float(o, "divergence_factor", self.divergence_factor, 1.0, strict=True)
-        check_float(o, "z_loss", self.z_loss, 0.0)
-        check_bool(o, "progress", self.progress)
+        check_fields(self, owner=o, choices={"task": TASKS},
+                     ints={"steps": 0, "batch_size": 1, "seq_len": 2, "num_symbols": 2, "text_bytes": 1, "seeds": 1,
+                           "seed": 0, "log_every": 1, "eval_every": 1, "eval_batches": 1},
+                     floats={"divergence_factor": dict(minimum=1.0, strict=True), "z_loss": dict(minimum=0.0)},
+                     bools=("progress",))
         if self.text_file is not None and not isinstance(self.text_file, str):
             _fail(o, "text_file", self.text_file, "a path string or None")
         if self.text_file is not None and self.task not in TEXT_TASKS:
@@ -271,14 +258,10 @@ class ProbeConfig:
     hutchinson_samples: int = 8    # Rademacher samples for the Frobenius estimate
 
     def __post_init__(self) -> None:
-        o = "ProbeConfig"
-        for f in ("grads", "activations", "attention", "jacobian", "alignment", "amplification", "spectrum"):
-            check_bool(o, f, getattr(self, f))
-        check_int(o, "probe_every", self.probe_every, 1)
-        check_int(o, "probe_batch", self.probe_batch, 1)
-        check_choice(o, "spectral_method", self.spectral_method, SPECTRAL_METHODS)
-        check_int(o, "power_iters", self.power_iters, 1)
-        check_int(o, "hutchinson_samples", self.hutchinson_samples, 1)
+        check_fields(self, bools=("grads", "activations", "attention", "jacobian", "alignment", "amplification",
+                                  "spectrum"),
+                     ints={"probe_every": 1, "probe_batch": 1, "power_iters": 1, "hutchinson_samples": 1},
+                     choices={"spectral_method": SPECTRAL_METHODS})
 
     def replace(self, **changes: Any) -> "ProbeConfig":
         return dataclasses.replace(self, **changes)
