@@ -56,7 +56,7 @@ _LAZY = {
     "cell_table": ("jaxnorm.aggregate", "cell_table"),
     "trained": ("jaxnorm.outcome", "trained"),
     # figures: draw_all(run_dir) writes PNGs; the others take data and return a Figure (or None)
-    "draw_all": ("jaxnorm.plots", "draw_all"),
+    "draw_all": ("jaxnorm.figures", "draw_all"),
     "LayerStore": ("jaxnorm.plots", "LayerStore"),
     "grad_profile": ("jaxnorm.plots_layers", "grad_profile"),
     "act_grad_profile": ("jaxnorm.plots_layers", "act_grad_profile"),

@@ -3,7 +3,7 @@
 rule of `jaxnorm.aggregate`, with its spread), the LR-sensitivity table and the figures that exist in
 <run_dir>/figures/.
 
-Run `plots.draw_all(run_dir)` first (scripts/plot_sweep.py does both); the report links only figures on disk.
+Run `figures.draw_all(run_dir)` first (scripts/plot_sweep.py does both); the report links only figures on disk.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from jaxnorm import aggregate, findings, outcome, results, rundir
-from jaxnorm.plots import FIGURES, check_run_dir
+from jaxnorm.figures import FIGURES
+from jaxnorm.plots import check_run_dir
 
 SPEC_AXES = ("depths", "blocks", "norms", "attentions", "optimizers", "clips", "lrs", "seeds")
 # Results-table columns: (results column, heading). Each is shown as "value (lo–hi)" over seeds.

@@ -162,7 +162,7 @@ def _figures_and_report(out_dir: Path) -> None:
     """Figures (jaxnorm.plots) and report.md (jaxnorm.report), once results.csv is rebuilt at the end of a
     sweep. A failure (a full disk, a figure bug) raises ReportError: results.csv and the cells are complete,
     every file is written atomically so no temporary is left, and rerunning the command draws them."""
-    for module, function in (("jaxnorm.plots", "draw_all"), ("jaxnorm.report", "write_report")):
+    for module, function in (("jaxnorm.figures", "draw_all"), ("jaxnorm.report", "write_report")):
         try:
             getattr(importlib.import_module(module), function)(out_dir)
         except Exception as e:  # noqa: BLE001 — one line, whatever failed

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
-from jaxnorm import plots, report  # noqa: E402
+from jaxnorm import figures, report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     try:
-        paths = plots.draw_all(args.run_dir)
+        paths = figures.draw_all(args.run_dir)
         written = report.write_report(args.run_dir)
     except ValueError as e:  # NotARunDir
         print(f"error: run_dir: {e}", file=sys.stderr)

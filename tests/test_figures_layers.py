@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxnorm import plots, plots_layers
+from jaxnorm import figures, plots, plots_layers
 
 S = 2
 
@@ -125,8 +125,8 @@ def test_caption_names_no_norm_for_norm_free_blocks():
 
 
 def test_mlp_out_figure_is_registered():
-    assert "grad_profile_mlp_out.png" in plots.FIGURES and "grad_profile_mlp_out.png" in plots.figure_makers()
-    assert list(plots.FIGURES) == list(plots.figure_makers())
+    assert "grad_profile_mlp_out.png" in figures.FIGURES and "grad_profile_mlp_out.png" in figures.figure_makers()
+    assert list(figures.FIGURES) == list(figures.figure_makers())
     df, layers = cells()
-    fig = plots.figure_makers()["grad_profile_mlp_out.png"](df, layers, lambda: None)
+    fig = figures.figure_makers()["grad_profile_mlp_out.png"](df, layers, lambda: None)
     assert "W2" in suptitle(fig) and "none for rezero" in suptitle(fig)

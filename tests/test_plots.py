@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxnorm import plots, plots_layers, plots_training, report, results, rundir
+from jaxnorm import figures, plots, plots_layers, plots_training, report, results, rundir
 from jaxnorm.history import History
 from jaxnorm.sweep_spec import expand, preset, spec_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-ALL_FIGURES = set(plots.FIGURES)
+ALL_FIGURES = set(figures.FIGURES)
 STEPS, LOG_EVERY, S, V = 20, 5, 2, 16
 
 
@@ -159,7 +159,7 @@ def test_real_sweep_draws_figures(tmp_path):
                      train=q.train.replace(task="reverse", steps=6, batch_size=8, seq_len=8, log_every=2,
                                            eval_every=4),
                      probe=q.probe.replace(probe_every=4))
-    run(spec, tmp_path, progress=False)  # calls plots.draw_all and report.write_report at the end
+    run(spec, tmp_path, progress=False)  # calls figures.draw_all and report.write_report at the end
     names = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert names == ALL_FIGURES - {"loss_vs_depth.png", "jacobian_spectrum.png"}
     for name in names:

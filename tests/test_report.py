@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxnorm import aggregate, cell_stats, findings, outcome, plots, plots_layers, plots_training, report, results
+from jaxnorm import aggregate, cell_stats, figures, findings, outcome, plots, plots_layers, plots_training, report, results
 from test_plots import run_dir  # noqa: F401 (the shared synthetic run directory fixture)
 
 
@@ -151,7 +151,7 @@ def test_console_report_and_figures_show_the_same_numbers(run_dir):  # noqa: F81
 
 def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
     df = results.load(run_dir)
-    out = findings.findings(df, set(plots.FIGURES))
+    out = findings.findings(df, set(figures.FIGURES))
     assert 3 <= len(out) <= findings.MAX_FINDINGS
     joined = "\n".join(out)
     assert "`post_ln` trained in every run at L=2; no run at L=8" in joined
