@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from jaxnorm import aggregate, outcome, results
-from jaxnorm.outcome import has_training, trained  # noqa: F401 (the figures' names for them)
+from jaxnorm.outcome import has_training, trained
 from jaxnorm.plots import (PANEL_H, cells_of, colors, fix_others, grid, label_of, legend, mean_band, outside_legend, suptitle,
                            values, varying)
 
