@@ -7,7 +7,7 @@
 d_model = heads·d_k, so two sweeps separate head size from width: the head-size sweep varies d_k at a fixed
 d_model (64; heads = 64/d_k: 8, 4, 2, 1 for d_k 8..64), the width sweep varies d_model at a fixed d_k (8;
 heads = d_model/8), d_ff = 4·d_model. For each attention form (dot, dot_unscaled, cosine, qk_norm) and
-configuration it runs `jaxnorm.train.train` (steps = 0: one measured pass at initialisation) and records,
+configuration it runs `jaxnorm.trainer.train` (steps = 0: one measured pass at initialisation) and records,
 mean over heads, layers and seeds: attention entropy (nats), each head's largest attention logit, and the
 Q/K gradient norm ‖∂loss/∂(W_Q, W_K)‖ (`grad_norm/attn_qk`; it grows with width in both forms, as the
 matrices have more entries). Expected at init: dot_unscaled's logits have standard deviation ≈ √d_k, so
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
-from jaxnorm.train import train
+from jaxnorm.trainer import train
 
 ATTENTION_FORMS = ("dot", "dot_unscaled", "cosine", "qk_norm")
 HEAD_DIMS = (8, 16, 32, 64)   # the head-size sweep: d_k at fixed width D_MODEL (heads = D_MODEL / d_k)

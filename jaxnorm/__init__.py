@@ -26,8 +26,6 @@ before anything runs makes n devices, so that seeds run side by side.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 from jaxnorm.config import (
@@ -42,7 +40,9 @@ _LAZY = {
     # model (Flax NNX) and its functional core
     "Model": ("jaxnorm.model", "Model"),
     "apply": ("jaxnorm.model", "apply"),
-    # one training run (`train` itself: see _CALLABLE_SUBMODULES below)
+    "init": ("jaxnorm.model", "init"),
+    # one training run
+    "train": ("jaxnorm.trainer", "train"),
     "History": ("jaxnorm.history", "History"),
     # sweeps
     "run_sweep": ("jaxnorm.sweep", "run"),
@@ -82,32 +82,7 @@ __all__ = [
 ]
 
 
-# `train` and `init` are also submodules (jaxnorm/train.py, jaxnorm/init.py), and importing a submodule
-# binds it on the package. So those two names are the submodules made callable: `jaxnorm.train(...)` is
-# `jaxnorm.train.train(...)` and `jaxnorm.init(cfg, key)` is `jaxnorm.model.init(cfg, key)`, while
-# `from jaxnorm import train as train_lib; train_lib.train(...)` keeps working.
-_CALLABLE_SUBMODULES = {"jaxnorm.train": ("jaxnorm.train", "train"), "jaxnorm.init": ("jaxnorm.model", "init")}
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        module, attr = _CALLABLE_SUBMODULES[self.__name__]
-        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and value.__name__ in _CALLABLE_SUBMODULES:
-            value.__class__ = _CallableModule  # the import system binds submodules through here
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def __getattr__(name: str) -> Any:
-    if name in ("train", "init"):
-        return importlib.import_module(f"jaxnorm.{name}")  # binds the callable submodule (see _Package)
     if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
@@ -117,4 +92,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | {"train", "init"})
+    return sorted(set(globals()) | set(_LAZY))

@@ -36,6 +36,12 @@ class History:
     nonfinite: list[dict[str, Any]]  # per seed: {"step", "what", "layer"} of the first non-finite value, or {}
     config: dict[str, Any]        # the resolved model/optim/train/probe configs
     timing: dict[str, float]      # compile_s, run_s, steps_per_s
+    # The final train state per seed (host arrays, leading axis S): parameters (an nnx.State), the model's
+    # non-parameter state, and the optimizer state. `init_params` only when train(..., keep_init=True).
+    params: Any = None
+    rest: Any = None
+    opt_state: Any = None
+    init_params: Any = None
 
     @property
     def num_seeds(self) -> int:

@@ -21,7 +21,7 @@ from flax import nnx
 
 from jaxnorm.blocks import Block, depth_constants
 from jaxnorm.config import ModelConfig
-from jaxnorm.init import admin_omega_closed_form, admin_omega_profiled, apply_init_scheme
+from jaxnorm.init_schemes import admin_omega_closed_form, admin_omega_profiled, apply_init_scheme
 from jaxnorm.norms import make_norm
 from jaxnorm.padding import is_padded
 from jaxnorm.placements import norm_kind, placement

@@ -3,7 +3,7 @@
 One `Placement` per block name says everything the model needs to know about that block: which residual
 scheme its forward pass follows, which norm layers it owns, which depth constants and initialisation gains
 it uses, and which attention options it turns on. `jaxnorm.blocks.Block`, `jaxnorm.attention.Attention`,
-`jaxnorm.init` and `jaxnorm.model` read these fields and never branch on a block's name, so a new placement
+`jaxnorm.init_schemes` and `jaxnorm.model` read these fields and never branch on a block's name, so a new placement
 is one entry here (plus its plain-jnp reference in tests/test_blocks.py). `config.BLOCKS` is this
 registry's keys.
 

@@ -120,10 +120,10 @@ def cell_problem(out_dir: Path, cell_id: str) -> str | None:
 
 def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = None) -> dict:
     """Train one cell and write its files (config.json first, summary.json last); returns the summary.
-    `pad_to`: see `jaxnorm.train` (the same results, programs shared across depths). The caller holds the
+    `pad_to`: see `jaxnorm.trainer` (the same results, programs shared across depths). The caller holds the
     cell's lock (rundir.claim_cell)."""
     rundir.write_config(path, cell)
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
 
     t0 = time.perf_counter()
     history = train(cell.model, cell.optim, cell.train.replace(progress=progress), cell.probe,

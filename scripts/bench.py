@@ -10,7 +10,7 @@ Every ratio is measured side by side in this one run (time.perf_counter, warm-up
 of repeats). Sections:
 
 - train step (`train`): steady-state time per step of the train chunk (log_every steps per call, first step
-  with per-layer gradient norms, as `jaxnorm.train` runs it) at depths 4, 16, 64 for pre_ln and post_ln (the
+  with per-layer gradient norms, as `jaxnorm.trainer` runs it) at depths 4, 16, 64 for pre_ln and post_ln (the
   `quick` preset's width, ReLU, AdamW); torch_reference.py's eager step on the same model and data (on the GPU
   when JAX's backend is one), and torch_time / jaxnorm_time.
 - FLOP/s (`wide`): model FLOPs per step (`model_flops`, the MFU convention) over the measured time, as a
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         n_dev = jax.device_count()
         sec = ["", f"## Seeds: S vmapped vs S sequential runs (pre_ln, depth {seed_depth}, chunk of {t.log_every})",
                "", f"One device: the S-seed program on device 0. Split: the same program with its seeds split over "
-               f"the {n_dev} local device(s) as `jaxnorm.train` runs it (`jaxnorm/sharding.py`; on a CPU "
+               f"the {n_dev} local device(s) as `jaxnorm.trainer` runs it (`jaxnorm/sharding.py`; on a CPU "
                f"`--cpu-devices`, default the largest divisor of 8 up to the core count). Sequential: S calls of "
                f"the one-seed program on device 0.", "",
                "| S | vmapped, one device ms/chunk | vmapped, seeds split ms/chunk | split over devices "

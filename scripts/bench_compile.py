@@ -39,13 +39,13 @@ from jax.sharding import Mesh  # noqa: E402
 
 from jaxnorm import model as model_lib  # noqa: E402
 from jaxnorm import probes, programs, sharding  # noqa: E402
-from jaxnorm import train as train_lib  # noqa: E402
+from jaxnorm import trainer as train_lib  # noqa: E402
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig  # noqa: E402
 from jaxnorm.data import make_dataset  # noqa: E402
 from jaxnorm.padding import padded_config  # noqa: E402
 from jaxnorm.step import StepFns, build_step_fns, cross_entropy, make_chunk  # noqa: E402
 from jaxnorm.sweep_spec import preset  # noqa: E402
-from jaxnorm.train import resolve_model_config  # noqa: E402
+from jaxnorm.trainer import resolve_model_config  # noqa: E402
 
 # A cold compile per measurement: no on-disk cache may answer for XLA.
 jax.config.update("jax_enable_compilation_cache", False)
@@ -98,7 +98,7 @@ class Setup:
 
     def runner(self, n_steps: int, with_probes: bool, mesh: Mesh | None = None) -> Callable[[], Any]:
         """A no-argument callable running the chunk on its own copy of the state (threaded through calls).
-        With a mesh (`sharding.train_mesh`): the chunk `jaxnorm.train` compiles for it, the state and keys
+        With a mesh (`sharding.train_mesh`): the chunk `jaxnorm.trainer` compiles for it, the state and keys
         split over it."""
         if mesh is None:
             chunk = self.cached_chunk(n_steps, with_probes)
@@ -118,7 +118,7 @@ class Setup:
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (self.state, self.data_keys))
 
     def jacobian_runner(self, probe_cfg: ProbeConfig) -> Callable[[], Any]:
-        """A no-argument callable: the Jacobian probes of this setup's parameters, as `jaxnorm.train` calls them
+        """A no-argument callable: the Jacobian probes of this setup's parameters, as `jaxnorm.trainer` calls them
         (its probe batch, `probe_cfg`'s sizes)."""
         return functools.partial(probes.jacobian_stats_seeds, self.fns.graphdef, self.state.params, self.state.rest,
                                  train_lib.probe_tokens(self.data, probe_cfg), jax.random.key(0), probe_cfg)
@@ -126,7 +126,7 @@ class Setup:
 
 def make_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
                probe_cfg: ProbeConfig, *, seeds: int = 1, materialise: bool = True) -> Setup:
-    """Build the step functions the way `jaxnorm.train` does and initialise `seeds` seeds (vmapped).
+    """Build the step functions the way `jaxnorm.trainer` does and initialise `seeds` seeds (vmapped).
     With materialise=False the state is only its shapes (enough to lower and compile)."""
     data = make_dataset(train_cfg)
     model_cfg = resolve_model_config(model_cfg, data)
@@ -239,7 +239,7 @@ def compile_times(depths: list[int], *, tiny: bool = False, repeats: int = 1, bl
 
 def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = False) -> list[dict]:
     """Cold lower and compile seconds of each program a block of `--preset init` (steps = 0) compiles, built
-    the way `jaxnorm.train` builds them (its program cache and one-shot compiler options, the stack padded to
+    the way `jaxnorm.trainer` builds them (its program cache and one-shot compiler options, the stack padded to
     `depth`, jaxnorm.padding): where the ~8 s that every depth of one block shares go on a CPU."""
     spec = preset("init")
     model_cfg, train_cfg, probe_cfg = spec.model.replace(depth=depth, block=block), spec.train, spec.probe

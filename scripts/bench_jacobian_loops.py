@@ -36,7 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxnorm import probes  # noqa: E402
-from jaxnorm import train as train_lib  # noqa: E402
+from jaxnorm import trainer as train_lib  # noqa: E402
 from jaxnorm.config import ProbeConfig  # noqa: E402
 
 # XLA's default command-buffer kinds (xla/debug_options_flags.cc), then the same with loops captured.
@@ -67,7 +67,7 @@ def compiled_chunk(setup, options: dict) -> tuple[Callable[[], Any], float]:
 
 
 def compiled_jacobian(setup, probe_cfg: ProbeConfig, unroll: int, options: dict) -> tuple[Callable[[], Any], float]:
-    """(a runner of one Jacobian-probe call as `jaxnorm.train` makes it, with `unroll` and compiled with
+    """(a runner of one Jacobian-probe call as `jaxnorm.trainer` makes it, with `unroll` and compiled with
     `options`, its compile seconds)."""
     graphdef, params, rest = setup.fns.graphdef, setup.state.params, setup.state.rest
     tokens, key = train_lib.probe_tokens(setup.data, probe_cfg), jax.random.key(0)

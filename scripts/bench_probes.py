@@ -5,7 +5,7 @@
     python scripts/bench_probes.py --tiny           # smoke run (depth 2, tiny width; not a measurement)
 
 Per-layer families (grads, activations, attention, alignment, and all four together) run inside the train
-chunk's first step, exactly as `jaxnorm.train` does: for each, a chunk of log_every steps whose first step is
+chunk's first step, exactly as `jaxnorm.trainer` does: for each, a chunk of log_every steps whose first step is
 probed is timed against the same chunk with no probed step (steady state, after compile, median of repeats,
 the chunks interleaved). Reported: `probed step / bare step` = 1 + (t_probed_chunk − t_bare_chunk) / t_bare_step,
 and `chunk ratio` = t_probed_chunk / t_bare_chunk (the cost as training pays it, once per log_every steps).

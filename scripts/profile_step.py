@@ -6,7 +6,7 @@
     python scripts/profile_step.py --tiny             # smoke run: tiny sizes, not a measurement
 
 Three programs are profiled with `jax.profiler.trace`, each called `--calls` times after a warm-up call: the
-train chunk (log_every steps, the first recording per-layer gradient norms, as `jaxnorm.train` runs it) with
+train chunk (log_every steps, the first recording per-layer gradient norms, as `jaxnorm.trainer` runs it) with
 one seed and with S vmapped seeds, and one Jacobian-probe call (ProbeConfig's defaults) on one seed. Every
 kernel the XLA runtime executes is a trace event naming its HLO op (`args.hlo_op`); the tables sum their
 durations per op kind (the op name without its `.N` suffix: `dot`, `ynn_fusion`, `copy`, ...) per call;

@@ -4,7 +4,7 @@
     python scripts/spectral_accuracy.py --depth 16 --train-steps 200
     python scripts/spectral_accuracy.py --tiny           # smoke run (depth 2, tiny width; not a measurement)
 
-On the benchmark model (its probe batch, as `jaxnorm.train` probes it), at initialisation and after
+On the benchmark model (its probe batch, as `jaxnorm.trainer` probes it), at initialisation and after
 `--train-steps` AdamW steps, every layer's ‖∂x_{l+1}/∂x_l‖₂ and the end-to-end ‖∂x_L/∂x_0‖₂ are computed
 exactly, as √ of the largest eigenvalue of JᵀJ in float64 from the dense `jax.jacfwd` Jacobians, and each
 estimator (`ProbeConfig.spectral_method` × `power_iters`) is compared with them from the same random starts.
@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxnorm import probes  # noqa: E402
-from jaxnorm import train as train_lib  # noqa: E402
+from jaxnorm import trainer as train_lib  # noqa: E402
 from jaxnorm.config import ProbeConfig  # noqa: E402
 
 ESTIMATORS = (("power", 10), ("power", 20), ("lanczos", 10), ("lanczos", 20))

@@ -219,7 +219,7 @@ def test_python_api_refuses_like_the_command_line(tmp_path):
     import jaxnorm
     from jaxnorm import results, sweep
     from jaxnorm.config import ConfigError
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
 
     with pytest.raises(ConfigError, match=r"^train\.model_cfg: invalid value OptimConfig; allowed: a ModelConfig"):
         train(OptimConfig(), ModelConfig(), TrainConfig())

@@ -185,7 +185,7 @@ def test_model_flops_match_xla_count_of_the_forward_pass():
     from jaxnorm import ModelConfig, TrainConfig
     from jaxnorm import model as model_lib
     from jaxnorm.data import make_dataset
-    from jaxnorm.train import resolve_model_config
+    from jaxnorm.trainer import resolve_model_config
 
     t = TrainConfig(task="reverse", seq_len=32, batch_size=4, num_symbols=16)
     m = resolve_model_config(ModelConfig(depth=3, d_model=64, num_heads=4, d_ff=256, scan=False),
@@ -207,7 +207,7 @@ def test_bench_rejects_unknown_section():
 
 def test_bench_seeds_section_measures_seeds_split_over_cpu_devices():
     """bench.py's seeds section with its default --cpu-devices: with 2 cores or more the S = 2 row also
-    times the program with one seed per CPU device, as `jaxnorm.train` runs it (a measured time, not '—')."""
+    times the program with one seed per CPU device, as `jaxnorm.trainer` runs it (a measured time, not '—')."""
     from jaxnorm.sharding import usable_cores
 
     proc = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--tiny", "--sections", "seeds"], cwd=ROOT,

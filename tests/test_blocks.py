@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxnorm.blocks import Block
 from jaxnorm.config import BLOCKS, ModelConfig
-from jaxnorm.init import admin_omega_closed_form, deepnorm_constants, subln_gain
+from jaxnorm.init_schemes import admin_omega_closed_form, deepnorm_constants, subln_gain
 
 D, F, H, B, T = 8, 16, 2, 2, 5
 
@@ -191,7 +191,7 @@ def test_a_placement_registered_alone_builds_trains_and_follows_its_formula(monk
     halved branches, registered in jaxnorm.placements only, validates, matches its formula and trains."""
     from jaxnorm import placements
     from jaxnorm.config import OptimConfig, ProbeConfig, TrainConfig
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
 
     entry = placements.Placement("half_pre", "x ← x + ½·F(N(x))", "test", "pre", final_norm=True,
                                  branch_scale=lambda depth, alpha: 0.5)

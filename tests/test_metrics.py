@@ -9,7 +9,7 @@ import pytest
 
 from jaxnorm import metrics, padding, rundir
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
-from jaxnorm.train import train
+from jaxnorm.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(depth=2, d_model=8, num_heads=2, d_ff=16)

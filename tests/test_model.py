@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxnorm import model as model_lib
 from jaxnorm.config import ATTENTIONS, BLOCKS, NORM_FREE_BLOCKS, NORMS, SEQUENCE_MIXING_NORMS, ModelConfig
-from jaxnorm.init import admin_omega_profiled
+from jaxnorm.init_schemes import admin_omega_profiled
 
 TINY = dict(d_model=8, num_heads=2, d_ff=16, vocab_size=7, max_len=6)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxnorm import model as model_lib
-from jaxnorm import train as train_lib
+from jaxnorm import trainer as train_lib
 from jaxnorm.config import BLOCKS, ConfigError, ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 from jaxnorm.padding import PaddedModelConfig, padded_config, unpad_layers
 from jaxnorm.paths import path_names

@@ -366,7 +366,7 @@ def test_probed_step_equals_bare_step():
 
 def test_probes_do_not_change_trajectory():
     pytest.importorskip("jaxnorm.data", reason="jaxnorm.data not written yet")
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
     args = (ModelConfig(depth=2, d_model=16, num_heads=2, d_ff=32), OptimConfig(lr=3e-3),
             TrainConfig(task="copy", steps=10, seq_len=8, batch_size=8, log_every=5, eval_every=5,
                         progress=False))

@@ -26,10 +26,12 @@ def test_exports_are_the_library_functions():
     from jaxnorm import model, results, sweep
 
     assert jaxnorm.run_sweep is sweep.run and jaxnorm.apply is model.apply and jaxnorm.load is results.load
-    # `train` / `init` are also submodules: they stay importable as modules and are callable as functions.
-    from jaxnorm import train as train_lib
+    # `train` and `init` are plain functions: no submodule of that name shadows them, even once every
+    # submodule is imported.
+    from jaxnorm import init_schemes, trainer
 
-    assert callable(jaxnorm.train) and hasattr(train_lib, "one_shot_options") and callable(jaxnorm.init)
+    assert jaxnorm.train is trainer.train and jaxnorm.init is model.init
+    assert not hasattr(init_schemes, "__call__") and type(jaxnorm).__name__ == "module"
 
 
 def test_import_is_light():
@@ -51,6 +53,6 @@ def test_model_docstring_example():
 
 
 def test_train_docstring_example():
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
 
     _run_doctest(train, "train")

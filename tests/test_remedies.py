@@ -11,7 +11,7 @@ from flax import nnx
 from jaxnorm import model as model_lib
 from jaxnorm import probes
 from jaxnorm.config import ModelConfig, ProbeConfig
-from jaxnorm.init import small_init_std, t_fixup_scale
+from jaxnorm.init_schemes import small_init_std, t_fixup_scale
 from jaxnorm.step import cross_entropy
 
 D, F = 32, 64
@@ -125,7 +125,7 @@ def test_z_loss_gradient_matches_hand_derivative():
 
 def test_z_loss_keeps_log_partition_small():
     from jaxnorm.config import OptimConfig, TrainConfig
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
     base = TrainConfig(task="copy", steps=60, batch_size=16, seq_len=8, log_every=20, eval_every=60, progress=False)
     model = ModelConfig(depth=2, d_model=32, num_heads=2, d_ff=64)
     optim = OptimConfig(lr=1e-2, schedule="constant")

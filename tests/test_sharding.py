@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     import jax
     from jaxnorm import sharding
     from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
-    from jaxnorm.train import train
+    from jaxnorm.trainer import train
 
     def measure():
         mesh = sharding.train_mesh(2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxnorm import programs
-from jaxnorm import train as train_lib
+from jaxnorm import trainer as train_lib
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 
 SMALL = ModelConfig(depth=2, d_model=32, num_heads=2, d_ff=64)

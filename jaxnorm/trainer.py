@@ -98,13 +98,15 @@ def check_config_types(model_cfg: Any, optim_cfg: Any, train_cfg: Any, probe_cfg
 
 
 def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
-          probe_cfg: ProbeConfig | None = None, *, desc: str | None = None, pad_to: int | None = None) -> History:
+          probe_cfg: ProbeConfig | None = None, *, desc: str | None = None, pad_to: int | None = None,
+          keep_init: bool = False) -> History:
     """Train `train_cfg.seeds` models from seeds seed, seed+1, ... and return everything measured.
 
     `pad_to`: run the model as a padded stack of that many layers, of which model_cfg.depth act
     (jaxnorm.padding), so that cells of every depth up to `pad_to` share compiled programs; the History is
     the unpadded run's (per-layer arrays cut to model_cfg.depth layers), up to float32 rounding. Worth it
     when compiling dominates (steps = 0); the padded layers' compute is spent on every step.
+    `keep_init`: also keep each seed's initial parameters (History.init_params).
 
     >>> from jaxnorm import ModelConfig, OptimConfig, TrainConfig, train
     >>> h = train(ModelConfig(depth=2, d_model=32, num_heads=2, d_ff=64), OptimConfig(lr=3e-3),
@@ -131,6 +133,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     once = train_cfg.steps == 0  # the profile at initialisation: every program below runs exactly once
     state = _program("init", fns, data, B, mesh, once=True)(init_keys, jnp.float32(optim_cfg.lr),
                                                        None if active is None else jnp.int32(active))
+    init_params = jax.tree.map(np.asarray, state.params) if keep_init else None
     state, data_keys = sharding.shard_seeds((state, data_keys), mesh)
     tokens = probe_tokens(data, probe_cfg)
     eval_fn = _program("eval", fns, data, B, mesh, train_cfg.eval_batches, train_cfg.z_loss, once=once)
@@ -219,6 +222,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
                 "probe": to_dict(probe_cfg), "data": {"fingerprint": getattr(data, "corpus_fingerprint", None)}},
         timing={"compile_s": float(compile_s), "run_s": float(run_s),
                 "steps_per_s": steps_after_first / run_s if steps_after_first else float("nan")},
+        params=host["params"], rest=host["rest"], opt_state=host["opt_state"], init_params=init_params,
     )
 
 
