@@ -43,6 +43,7 @@ _LAZY = {
     "init": ("jaxnorm.model", "init"),
     # one training run
     "train": ("jaxnorm.trainer", "train"),
+    "resolve_config": ("jaxnorm.trainer", "resolve_config"),
     "History": ("jaxnorm.history", "History"),
     # sweeps
     "run_sweep": ("jaxnorm.sweep", "run"),
@@ -75,7 +76,7 @@ __all__ = [
     # configs and registries
     "ModelConfig", "OptimConfig", "TrainConfig", "ProbeConfig", "ConfigError",
     "BLOCKS", "NORMS", "ATTENTIONS", "ACTIVATIONS", "INITS", "OPTIMIZERS", "CLIPS", "SCHEDULES", "TASKS",
-    "Model", "init", "apply", "train", "History", "run_sweep", "SweepSpec", "preset",
+    "Model", "init", "apply", "train", "resolve_config", "History", "run_sweep", "SweepSpec", "preset",
     "load", "load_layers", "load_metrics", "lr_sensitivity", "cell_table", "trained",
     "draw_all", "LayerStore", "grad_profile", "act_grad_profile", "jacobian_profile", "jacobian_spectrum",
     "token_alignment", "loss_vs_depth", "stability_map", "loss_curves", "lr_sensitivity_curves", "logit_growth",

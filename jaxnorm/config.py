@@ -267,6 +267,16 @@ class ProbeConfig:
         return dataclasses.replace(self, **changes)
 
 
+def task_model_config(model_cfg: ModelConfig, train_cfg: TrainConfig, vocab_size: int | None = None) -> ModelConfig:
+    """The model config `train_cfg.task` implies, decided here only: causal iff the task is in CAUSAL_TASKS,
+    positions for `seq_len` tokens, and (when the dataset is known) its vocabulary. A sweep's cell ids hash
+    the config without the vocabulary (known only once a text corpus is read); training adds it."""
+    changes = dict(causal=train_cfg.task in CAUSAL_TASKS, max_len=train_cfg.seq_len)
+    if vocab_size is not None:
+        changes["vocab_size"] = vocab_size
+    return model_cfg.replace(**changes)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as a plain JSON-able dict."""
     return dataclasses.asdict(cfg)

@@ -21,8 +21,8 @@ import math
 from typing import Any
 
 from jaxnorm.config import (
-    ATTENTIONS, BLOCKS, CAUSAL_TASKS, CLIPS, FLOAT32_MAX, FLOAT32_TINY, LIMITS, NORM_FREE_BLOCKS, NORMS,
-    OPTIMIZERS, TEXT_TASKS, ConfigError,
+    ATTENTIONS, BLOCKS, CLIPS, FLOAT32_MAX, FLOAT32_TINY, LIMITS, NORM_FREE_BLOCKS, NORMS,
+    OPTIMIZERS, TEXT_TASKS, ConfigError, task_model_config,
     ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict, to_dict,
 )
 
@@ -196,8 +196,8 @@ def _cell(spec: SweepSpec, depth: int, block: str, norm: str, attention: str, op
     axes = dict(depth=depth, block=block, norm=norm, attention=attention, optimizer=optimizer, clip=clip,
                 lr=float(lr))
     try:
-        model = spec.model.replace(depth=depth, block=block, norm=norm, attention=attention,
-                                   causal=spec.train.task in CAUSAL_TASKS, max_len=spec.train.seq_len)
+        model = task_model_config(spec.model.replace(depth=depth, block=block, norm=norm, attention=attention),
+                                  spec.train)
         optim = spec.optim.replace(optimizer=optimizer, clip=clip_kind, clip_value=clip_value, lr=float(lr))
     except ConfigError as e:
         where = " ".join(f"{k}={v}" for k, v in axes.items())

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from jaxnorm import model as model_lib
 from jaxnorm import padding, probes, programs, sharding
-from jaxnorm.config import ConfigError, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, to_dict
+from jaxnorm.config import (ConfigError, ModelConfig, OptimConfig, ProbeConfig, TrainConfig, task_model_config,
+                            to_dict)
 from jaxnorm.data import Dataset, make_dataset
 from jaxnorm.history import History, nonfinite_records, stack_dicts
 from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, make_measure
@@ -41,9 +42,11 @@ def probe_tokens(data: Dataset, probe_cfg: ProbeConfig) -> jax.Array:
     return data.batch(jax.random.key(PROBE_KEY), probe_cfg.probe_batch, "eval")["inputs"]
 
 
-def resolve_model_config(model_cfg: ModelConfig, data: Dataset) -> ModelConfig:
-    """The model config a task implies: its vocabulary, sequence length and causality."""
-    return model_cfg.replace(vocab_size=data.vocab_size, max_len=data.seq_len, causal=data.causal)
+def resolve_config(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset | None = None) -> ModelConfig:
+    """The model config `train` builds for a task: its vocabulary, sequence length and causality
+    (`config.task_model_config`). `data`: the task's dataset if already made (else it is made here)."""
+    data = make_dataset(train_cfg) if data is None else data
+    return task_model_config(model_cfg, train_cfg, data.vocab_size)
 
 
 def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, mesh: Mesh | None, *args: Any,
@@ -117,7 +120,7 @@ def train(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig
     probe_cfg = ProbeConfig() if probe_cfg is None else probe_cfg
     check_config_types(model_cfg, optim_cfg, train_cfg, probe_cfg)
     data = make_dataset(train_cfg)
-    model_cfg = resolve_model_config(model_cfg, data)
+    model_cfg = resolve_config(model_cfg, train_cfg, data)
     S, B = train_cfg.seeds, train_cfg.batch_size
     seeds = [train_cfg.seed + s for s in range(S)]
     run_cfg, active = model_cfg, None

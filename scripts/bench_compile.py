@@ -45,7 +45,7 @@ from jaxnorm.data import make_dataset  # noqa: E402
 from jaxnorm.padding import padded_config  # noqa: E402
 from jaxnorm.step import StepFns, build_step_fns, cross_entropy, make_chunk  # noqa: E402
 from jaxnorm.sweep_spec import preset  # noqa: E402
-from jaxnorm.trainer import resolve_model_config  # noqa: E402
+from jaxnorm.trainer import resolve_config  # noqa: E402
 
 # A cold compile per measurement: no on-disk cache may answer for XLA.
 jax.config.update("jax_enable_compilation_cache", False)
@@ -129,7 +129,7 @@ def make_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainC
     """Build the step functions the way `jaxnorm.trainer` does and initialise `seeds` seeds (vmapped).
     With materialise=False the state is only its shapes (enough to lower and compile)."""
     data = make_dataset(train_cfg)
-    model_cfg = resolve_model_config(model_cfg, data)
+    model_cfg = resolve_config(model_cfg, train_cfg, data)
     fns = build_step_fns(model_cfg, optim_cfg.replace(lr=1.0), train_cfg.replace(seeds=1), probe_cfg)
     keys = jnp.stack([jax.random.key(s) for s in range(seeds)])
     init_keys, data_keys = jax.vmap(jax.random.split)(keys).swapaxes(0, 1)
@@ -247,7 +247,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
         model_cfg = model_cfg.replace(d_model=16, num_heads=2, d_ff=32)
         train_cfg = train_cfg.replace(batch_size=4, seq_len=8)
     data = make_dataset(train_cfg)
-    model_cfg = padded_config(resolve_model_config(model_cfg, data), depth)
+    model_cfg = padded_config(resolve_config(model_cfg, train_cfg, data), depth)
     fns = build_step_fns(model_cfg, spec.optim.replace(lr=1.0), train_cfg.replace(seeds=1), probe_cfg)
     S, B = train_cfg.seeds, train_cfg.batch_size
     init_keys = jnp.stack([jax.random.key(s) for s in range(S)])

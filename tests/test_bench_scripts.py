@@ -185,11 +185,10 @@ def test_model_flops_match_xla_count_of_the_forward_pass():
     from jaxnorm import ModelConfig, TrainConfig
     from jaxnorm import model as model_lib
     from jaxnorm.data import make_dataset
-    from jaxnorm.trainer import resolve_model_config
+    from jaxnorm.trainer import resolve_config
 
     t = TrainConfig(task="reverse", seq_len=32, batch_size=4, num_symbols=16)
-    m = resolve_model_config(ModelConfig(depth=3, d_model=64, num_heads=4, d_ff=256, scan=False),
-                             make_dataset(t))
+    m = resolve_config(ModelConfig(depth=3, d_model=64, num_heads=4, d_ff=256, scan=False), t, make_dataset(t))
     graphdef, params, rest = model_lib.init(m, jax.random.key(0))
     forward = jax.jit(lambda p, r, x: model_lib.apply(graphdef, p, r, x, train=False)[0])
     cost = forward.lower(params, rest, jnp.zeros((t.batch_size, t.seq_len), jnp.int32)).compile().cost_analysis()
