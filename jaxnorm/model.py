@@ -52,20 +52,33 @@ class Encoder(nnx.Module):
 
         self.blocks = make_blocks(rngs)
 
-    def __call__(self, x_BxTxD: jax.Array, *, train: bool,
-                 deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def __call__(self, x_BxTxD: jax.Array, *, train: bool, deltas_LxBxTxD: jax.Array | None = None,
+                 active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`active_depth` (a padded model's, unbatched int32): layers from it on are skipped by `lax.cond`,
+        not computed as identities; their diagnostics are zeros (jaxnorm.padding cuts them away)."""
         graphdef, params, rest = nnx.split(self.blocks, nnx.Param, ...)
         state = (params, rest)
         if deltas_LxBxTxD is None:
             deltas_LxBxTxD = jnp.zeros((self.depth,), x_BxTxD.dtype)  # broadcasts as a scalar 0 per layer
 
-        def layer(x, layer_in):
-            (params_l, rest_l), delta, index = layer_in
+        def run(x, params_l, rest_l, index):
             block = nnx.merge(graphdef, params_l, rest_l)
-            x = x + delta
             y, diag = block(x, train=train, layer=index)
             # Only non-parameter state (running statistics, power-iteration vectors) can change.
             return y, (nnx.state(block, nnx.Not(nnx.Param)), diag)
+
+        def skip(x, params_l, rest_l, index):
+            _, (_, diag) = jax.eval_shape(run, x, params_l, rest_l, index)
+            return x, (rest_l, jax.tree.map(lambda d: jnp.zeros(d.shape, d.dtype), diag))
+
+        def layer(x, layer_in):
+            (params_l, rest_l), delta, index = layer_in
+            x = x + delta
+            if active_depth is None:
+                return run(x, params_l, rest_l, index)
+            # An unbatched predicate (the layer index and the active depth are the same for every seed), so
+            # under vmap this stays a branch: an inactive layer costs nothing, and reverse mode is exact.
+            return jax.lax.cond(index < active_depth, run, skip, x, params_l, rest_l, index)
 
         if self.remat:
             layer = jax.checkpoint(layer)
@@ -135,11 +148,12 @@ class Model(nnx.Module):
             x_BxTxD = self.final_norm(x_BxTxD, train=train)
         return self.head(x_BxTxD)
 
-    def __call__(self, tokens_BxT: jax.Array, *, train: bool = False,
-                 deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]."""
+    def __call__(self, tokens_BxT: jax.Array, *, train: bool = False, deltas_LxBxTxD: jax.Array | None = None,
+                 active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]. `active_depth`: see Encoder."""
         x_BxTxD = self.embed(tokens_BxT)
-        x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD)
+        x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD,
+                                      active_depth=active_depth)
         return self.unembed(x_BxTxD, train=train), diags
 
     def _set_admin_omega(self, key: jax.Array, depth: int | jax.Array) -> None:
@@ -173,9 +187,11 @@ def graphdef_of(cfg: ModelConfig) -> nnx.GraphDef:
 
 
 def apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, tokens_BxT: jax.Array, *,
-          train: bool, deltas_LxBxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
-    """Pure forward pass: (logits, per-layer diagnostics, updated rest)."""
+          train: bool, deltas_LxBxTxD: jax.Array | None = None,
+          active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
+    """Pure forward pass: (logits, per-layer diagnostics, updated rest). `active_depth`: a padded model's
+    active depth as an unbatched argument, so that its inactive layers are skipped (see Encoder)."""
     # copy=True: the caller's state may be closed over from an outer trace, whose Variables must not be mutated.
     model = nnx.merge(graphdef, params, rest, copy=True)
-    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD)
+    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth)
     return logits, diags, nnx.state(model, nnx.Not(nnx.Param))

@@ -2,7 +2,7 @@
 
 Two rules shape this file:
 
-* The peak learning rate is *data*, not program: it lives in the optimizer state
+* The peak learning rate and the weight decay are *data*, not program: they live in the optimizer state
   (``optax.inject_hyperparams``), and the schedule is a multiplier in [0, 1] applied after the optimizer
   (``optax.scale_by_schedule``). A learning-rate sweep therefore reuses one compiled step; nothing built
   here reads ``OptimConfig.lr`` — only :func:`init_state` does.
@@ -14,7 +14,7 @@ Two rules shape this file:
 Typical use::
 
     tx = optax.chain(make_clip(cfg), make_optimizer(cfg, total_steps))
-    opt_state = init_state(tx, params, cfg.lr)          # works under jax.vmap over params
+    opt_state = init_state(tx, params, cfg.lr, cfg.weight_decay)   # works under jax.vmap over params
     lr_now = learning_rate(opt_state, step, cfg, total_steps)
 """
 
@@ -92,17 +92,24 @@ def adaptive_grad_clip(clipping: float, eps: float = AGC_EPS) -> optax.GradientT
     return optax.GradientTransformation(init, update)
 
 
+def clip_transform(kind: str, threshold: float | jax.Array) -> optax.GradientTransformation:
+    """The stateless clipping of ``kind`` (OptimConfig.clip) at ``threshold``, which may be traced: cells
+    that differ only in their threshold then share one program, and ``none`` packs with the others as an
+    infinite threshold (every clip here is then exactly the identity on finite gradients)."""
+    if kind == "none":
+        return optax.identity()
+    if kind == "global_norm":
+        return optax.clip_by_global_norm(threshold)
+    if kind == "value":
+        return optax.clip(threshold)
+    if kind == "agc":
+        return adaptive_grad_clip(threshold)
+    raise ValueError(f"OptimConfig.clip: invalid value {kind!r}")  # unreachable: config validates
+
+
 def make_clip(cfg: OptimConfig) -> optax.GradientTransformation:
     """The stateless clipping chained before the optimizer, from ``cfg.clip`` and ``cfg.clip_value``."""
-    if cfg.clip == "none":
-        return optax.identity()
-    if cfg.clip == "global_norm":
-        return optax.clip_by_global_norm(cfg.clip_value)
-    if cfg.clip == "value":
-        return optax.clip(cfg.clip_value)
-    if cfg.clip == "agc":
-        return adaptive_grad_clip(cfg.clip_value)
-    raise ValueError(f"OptimConfig.clip: invalid value {cfg.clip!r}")  # unreachable: config validates
+    return clip_transform(cfg.clip, cfg.clip_value)
 
 
 # --- schedules ---------------------------------------------------------------------------------------
@@ -179,11 +186,13 @@ def _adafactor(learning_rate, weight_decay: float) -> optax.GradientTransformati
 
 
 def _base_optimizer(cfg: OptimConfig) -> Callable[..., optax.GradientTransformation]:
-    """The optimizer as a function of its (peak) learning rate only, for ``optax.inject_hyperparams``
-    (which binds by the argument name ``learning_rate``)."""
-    o, wd, mask = cfg.optimizer, cfg.weight_decay, decay_mask
+    """The optimizer as a function of its (peak) learning rate and weight decay, for
+    ``optax.inject_hyperparams`` (which binds by argument name): both are data, so cells differing only in
+    them share one program. Optimizers without weight decay ignore it."""
+    o, mask = cfg.optimizer, decay_mask
 
-    def build(learning_rate):
+    def build(learning_rate, weight_decay):
+        wd = weight_decay
         if o == "adamw":  # Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"
             return optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=mask)
         if o == "adam":  # Kingma & Ba 2015
@@ -212,20 +221,24 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
     moments and schedule step unchanged."""
     # The placeholder lr (1.0) only fixes the state's structure; float32 so that init_state's value has
     # the identical aval (dtype and weak type) and a new lr never retraces.
-    base = optax.inject_hyperparams(_base_optimizer(cfg), hyperparam_dtype=jnp.float32)(learning_rate=1.0)
+    base = optax.inject_hyperparams(_base_optimizer(cfg), hyperparam_dtype=jnp.float32)(
+        learning_rate=1.0, weight_decay=0.0)
     tx = optax.chain(base, optax.scale_by_schedule(make_schedule(cfg, total_steps)))
     if cfg.skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_CONSECUTIVE_SKIPS)
     return tx
 
 
-def init_state(tx: optax.GradientTransformation, params: Any, lr: float | jax.Array) -> Any:
-    """``tx.init(params)`` with the peak learning rate written into the injected hyperparameters.
+def init_state(tx: optax.GradientTransformation, params: Any, lr: float | jax.Array,
+               weight_decay: float | jax.Array) -> Any:
+    """``tx.init(params)`` with the peak learning rate and weight decay written into the injected
+    hyperparameters.
 
     ``tx`` may be any chain containing one :func:`make_optimizer`. Works under ``jax.vmap`` over params
-    (``lr`` may then be a per-seed array too)."""
+    (``lr`` and ``weight_decay`` may then be per-seed arrays too)."""
     state = tx.init(params)
-    return optax.tree_utils.tree_set(state, learning_rate=jnp.asarray(lr, jnp.float32))
+    return optax.tree_utils.tree_set(state, learning_rate=jnp.asarray(lr, jnp.float32),
+                                     weight_decay=jnp.asarray(weight_decay, jnp.float32))
 
 
 def peak_learning_rate(opt_state: Any) -> jax.Array:

@@ -81,3 +81,15 @@ def unpad_layers(rows: dict[str, Any], active: int) -> dict[str, Any]:
     (`jaxnorm.metrics`) declares per layer; the others (per seed, e.g. `jac_end_to_end`) stay whole."""
     per_layer = set(metrics.names(per_layer=True))
     return {k: v[:, :, :active] if k in per_layer else v for k, v in rows.items()}
+
+
+def unpad_state(tree: Any, active: int) -> Any:
+    """A padded model's host state (leading run axis S): leaves under `blocks` cut to their first `active`
+    layers, and the depth data (DepthData) dropped, as the unpadded model of that depth holds it."""
+    if isinstance(tree, nnx.State):
+        tree = nnx.filter_state(tree, nnx.Not(DepthData))
+
+    def one(path, leaf):
+        return leaf[:, :active] if "blocks" in path_names(path) and jnp.ndim(leaf) >= 2 else leaf
+
+    return jax.tree_util.tree_map_with_path(one, tree)

@@ -319,7 +319,7 @@ def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_o
     def build() -> Callable:
         one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg, unroll)  # noqa: E731
         return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)),
-                            compiler_options=dict(compiler_options) or None)
+                            compiler_options=dict(compiler_options) or None, name="jacobian")
 
     return programs.cached("jacobian", (graphdef, cfg), (compiler_options, unroll), build)
 

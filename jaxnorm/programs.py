@@ -6,6 +6,10 @@ programs, owned by its StepFns; "jacobian": the Jacobian probes, owned by the mo
 config; "step_fns": the traced-once step functions, owned by their configs), building it on first use.
 `clear()` drops everything (tests and benchmarks that must compile from scratch call it).
 
+`CompileLog` counts what XLA compiled and how long tracing, lowering and compiling took (from JAX's
+monitoring events), so a sweep can print where its time went. A program jaxnorm builds is named
+`jaxnorm_<name>`; compiles of other (small, eager) computations are counted apart.
+
 Each kind keeps the programs of its `MAX_CACHED_OWNERS` most recently used owners. Every XLA:CPU executable
 holds hundreds of memory mappings until it is freed, and Linux allows ~65k per process, so a sweep that kept
 all its cells' programs crashed after a few dozen cells. Sweeps order cells so that those sharing programs
@@ -15,6 +19,8 @@ all its cells' programs crashed after a few dozen cells. Sweeps order cells so t
 from __future__ import annotations
 
 import collections
+import dataclasses
+import threading
 from typing import Any, Callable, Hashable
 
 import jax
@@ -25,9 +31,84 @@ _cache: dict[str, collections.OrderedDict[Hashable, dict[Hashable, Any]]] = {
     kind: collections.OrderedDict() for kind in MAX_CACHED_OWNERS}
 
 
-def jit(fn: Callable, **kwargs: Any) -> Callable:
-    """`jax.jit(fn, **kwargs)`: the single place jaxnorm compiles a function."""
+PREFIX = "jaxnorm_"
+
+
+def jit(fn: Callable, *, name: str | None = None, **kwargs: Any) -> Callable:
+    """`jax.jit(fn, **kwargs)`: the single place jaxnorm compiles a function. `name`: the program's name in
+    compile logs (`jaxnorm_<name>`), by which `CompileLog` tells jaxnorm's programs from small eager ones."""
+    if name is not None:
+        inner = fn
+
+        def fn(*args: Any, **kw: Any) -> Any:
+            return inner(*args, **kw)
+
+        fn.__name__ = fn.__qualname__ = PREFIX + name
     return jax.jit(fn, **kwargs)
+
+
+# JAX's monitoring events: tracing to a jaxpr, lowering to MLIR, and the backend compile (which a
+# persistent-cache hit also reports, as a read).
+_TRACE, _LOWER, _COMPILE = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                            "/jax/core/compile/backend_compile_duration")
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+
+
+@dataclasses.dataclass
+class CompileLog:
+    """Seconds spent tracing, lowering and compiling, and how many programs were compiled (jaxnorm's own
+    and others) or read from the persistent cache, since `start()`."""
+
+    trace_s: float = 0.0
+    lower_s: float = 0.0
+    compile_s: float = 0.0
+    programs: int = 0        # jaxnorm's programs compiled or read from the persistent cache
+    other: int = 0           # other computations (eager ops, small helpers)
+    cache_hits: int = 0      # of all the above, read from the persistent compilation cache
+
+    @property
+    def total_s(self) -> float:
+        return self.trace_s + self.lower_s + self.compile_s
+
+
+_log: CompileLog | None = None
+_lock = threading.Lock()
+_listening = False
+
+
+def _on_duration(event: str, seconds: float, **kwargs: Any) -> None:
+    log = _log
+    if log is None:
+        return
+    with _lock:
+        if event == _TRACE:
+            log.trace_s += seconds
+        elif event == _LOWER:
+            log.lower_s += seconds
+        elif event == _COMPILE:
+            log.compile_s += seconds
+            if PREFIX in str(kwargs.get("fun_name", "")):
+                log.programs += 1
+            else:
+                log.other += 1
+
+
+def _on_event(event: str, **kwargs: Any) -> None:
+    log = _log
+    if log is not None and event == _CACHE_HIT:
+        with _lock:
+            log.cache_hits += 1
+
+
+def start_compile_log() -> CompileLog:
+    """A fresh CompileLog that collects from now on (the previous one, if any, stops collecting)."""
+    global _log, _listening
+    if not _listening:
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        jax.monitoring.register_event_listener(_on_event)
+        _listening = True
+    _log = CompileLog()
+    return _log
 
 
 def cached(kind: str, owner: Hashable, key: Hashable, build: Callable[[], Any]) -> Any:

@@ -1,11 +1,17 @@
 """The pure training step and the compiled multi-step chunk.
 
-`train_step(state, batch, key) -> (state, metrics)` is one optimizer step for one model (one seed).
-`make_chunk` builds the jitted program the loop calls: a step with per-layer probes, then `n - 1` bare
-steps inside one `lax.scan` (running many steps per dispatch keeps the device busy and is ~2× faster on
-CPU), all vmapped over seeds, with the state donated. Metrics leave the device once per chunk.
+`train_step(state, batch, key, ...) -> (state, metrics)` is one optimizer step for one model (one run: a
+seed of a cell). `make_chunk` builds the one jitted program the loop calls: a step with per-layer probes,
+then up to `n - 1` bare steps inside one `lax.scan` (running many steps per dispatch keeps the device busy
+and is ~2× faster on CPU), all vmapped over runs, with the state donated. Metrics leave the device once per
+chunk. The same program takes the final measurement (its probed step with the update off and no bare
+steps) and a shorter last chunk, so a model structure compiles one chunk whatever the step count.
 
-Divergence is data, not an exception: a seed whose loss turns non-finite or exceeds
+Per-run hyperparameters are data in the state (peak learning rate and weight decay in the optimizer's
+injected hyperparameters, the clip threshold in `TrainState.clip_value`), so cells that differ only in them
+train side by side in one program (jaxnorm.trainer packs them).
+
+Divergence is data, not an exception: a run whose loss turns non-finite or exceeds
 `divergence_factor × initial loss` is frozen (its parameters stop changing) and its step recorded.
 """
 
@@ -36,6 +42,8 @@ class TrainState(NamedTuple):
     nonfinite_step: jax.Array   # int32, first step with a non-finite loss/gradient/update, -1 if none
     nonfinite_what: jax.Array   # int32, a jaxnorm.history.NONFINITE_CODES key
     nonfinite_layer: jax.Array  # int32, first layer whose gradient was non-finite, -1 if none/not per layer
+    clip_value: jax.Array     # float32, the clip threshold (inf: no clipping, for a run packed with clipped ones)
+    running: jax.Array        # bool, False once the host stopped this run (its cell ended; the state is kept)
 
 
 def cross_entropy(logits_BxTxV: jax.Array, batch: dict[str, jax.Array], z_loss: float) -> tuple[jax.Array, dict]:
@@ -56,42 +64,58 @@ def _global_norm(tree: Any) -> jax.Array:
 
 
 class StepFns(NamedTuple):
-    """The per-seed pure functions of one configuration, built once and cached."""
+    """The per-run pure functions of one configuration, built once and cached."""
 
-    init_state: Callable[..., TrainState]                     # (key, lr, active_depth=None) -> state
-    train_step: Callable[..., tuple[TrainState, dict]]        # (state, batch, key, with_probes) -> (state, metrics)
+    init_state: Callable[..., TrainState]                     # (key, hparams, active_depth=None) -> state
+    train_step: Callable[..., tuple[TrainState, dict]]        # (state, batch, key, with_probes, ...) -> (state, metrics)
     graphdef: Any
+
+
+def run_hparams(optim_cfg: OptimConfig, clip_kind: str | None = None) -> dict[str, float]:
+    """A run's data hyperparameters: {lr, weight_decay, clip_value}. `clip_kind`: the clip its program
+    applies (default its own); a run without clipping packed into a clipping program gets an infinite
+    threshold."""
+    no_clip = optim_cfg.clip == "none" and (clip_kind or "none") != "none"
+    return {"lr": optim_cfg.lr, "weight_decay": optim_cfg.weight_decay,
+            "clip_value": float("inf") if no_clip else optim_cfg.clip_value}
 
 
 def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
                    probe_cfg: ProbeConfig) -> StepFns:
+    """`optim_cfg`'s learning rate, weight decay and clip threshold are ignored: they are per-run data."""
     graphdef = model_lib.graphdef_of(model_cfg)
-    clip = optim.make_clip(optim_cfg)
     tx = optim.make_optimizer(optim_cfg, max(train_cfg.steps, 1))
     L, D = model_cfg.depth, model_cfg.d_model
 
-    def init_state(key: jax.Array, lr: jax.Array, active_depth: jax.Array | None = None) -> TrainState:
+    def init_state(key: jax.Array, hparams: dict[str, jax.Array],
+                   active_depth: jax.Array | None = None) -> TrainState:
         _, params, rest = model_lib.init(model_cfg, key, active_depth)
         i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
-        return TrainState(params, rest, optim.init_state(tx, params, lr), i32(0), jnp.asarray(True),
-                          jnp.asarray(jnp.nan, jnp.float32), i32(-1), i32(-1), i32(0), i32(-1))
+        opt_state = optim.init_state(tx, params, hparams["lr"], hparams["weight_decay"])
+        return TrainState(params, rest, opt_state, i32(0), jnp.asarray(True),
+                          jnp.asarray(jnp.nan, jnp.float32), i32(-1), i32(-1), i32(0), i32(-1),
+                          jnp.asarray(hparams["clip_value"], jnp.float32), jnp.asarray(True))
 
-    def loss_fn(params, deltas, rest, batch):
+    def loss_fn(params, deltas, rest, batch, active_depth):
         logits, diags, new_rest = model_lib.apply(graphdef, params, rest, batch["inputs"], train=True,
-                                                  deltas_LxBxTxD=deltas)
+                                                  deltas_LxBxTxD=deltas, active_depth=active_depth)
         total, metrics = cross_entropy(logits, batch, train_cfg.z_loss)
         return total, (metrics, diags, new_rest)
 
     def train_step(state: TrainState, batch: dict, key: jax.Array, with_probes: bool,
-                   apply_update: bool = True) -> tuple[TrainState, dict]:
+                   apply_update: bool | jax.Array = True,
+                   active_depth: jax.Array | None = None) -> tuple[TrainState, dict]:
+        """`apply_update` (may be traced): False measures the current parameters and leaves the state as it
+        was. `active_depth`: a padded model's, unbatched (see model.Encoder)."""
         del key  # no stochastic layers; kept so the step's signature is stable
         B, T = batch["inputs"].shape
         deltas = jnp.zeros((L, B, T, D), jnp.float32) if with_probes else None
         argnums = (0, 1) if with_probes else 0
         (_, (metrics, diags, new_rest)), g = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
-            state.params, deltas, state.rest, batch)
+            state.params, deltas, state.rest, batch, active_depth)
         grads, act_grads = g if with_probes else (g, None)
 
+        clip = optim.clip_transform(optim_cfg.clip, state.clip_value)
         clipped, _ = clip.update(grads, clip.init(state.params), state.params)
         updates, new_opt_state = tx.update(clipped, state.opt_state, state.params)
         updates = padding.mask_inactive(updates, padding.active_mask(state.rest))  # padded models only
@@ -115,20 +139,25 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         first_bad = (state.nonfinite_step < 0) & (what > 0)
         bad_layer = probes.first_bad_layer(sq_L)
 
-        keep = state.alive & ~diverged_now & jnp.asarray(apply_update)
+        keep = state.alive & ~diverged_now
         choose = lambda new, old: jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)  # noqa: E731
         new_state = TrainState(
             params=choose(new_params, state.params),
             rest=choose(new_rest, state.rest),
             opt_state=choose(new_opt_state, state.opt_state),
-            step=state.step + (1 if apply_update else 0),
+            step=state.step + 1,
             alive=state.alive & ~diverged_now,
             init_loss=init_loss,
             diverged_step=jnp.where(diverged_now, state.step, state.diverged_step),
             nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
             nonfinite_what=jnp.where(first_bad, what, state.nonfinite_what),
             nonfinite_layer=jnp.where(first_bad & (what == 2), bad_layer, state.nonfinite_layer),
+            clip_value=state.clip_value,
+            running=state.running,
         )
+        # A measurement (no update) or a stopped run leaves everything as it was, step counter included.
+        go = jnp.asarray(apply_update) & state.running
+        new_state = jax.tree.map(lambda n, o: jnp.where(go, n, o), new_state, state)
         if with_probes:
             metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg)
             if probe_cfg.amplification:  # output change caused by this very update (Liu et al. 2020)
@@ -141,47 +170,44 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
 
 def cached_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig,
                     probe_cfg: ProbeConfig) -> StepFns:
-    """Step functions per configuration (`jaxnorm.programs`); the learning rate is not part of the key (it
-    lives in the state), and the StepFns own their compiled programs there."""
+    """Step functions per configuration (`jaxnorm.programs`); the caller normalises the per-run data
+    (learning rate, weight decay, clip threshold) out of the key, and the StepFns own their compiled programs."""
     configs = (model_cfg, optim_cfg, train_cfg, probe_cfg)
     return programs.cached("step_fns", configs, None, lambda: build_step_fns(*configs))
 
 
 def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool,
-               seed_axis: str | None = None) -> Callable:
-    """jit(vmap over seeds): one (probed) step then n_steps − 1 bare steps; returns per-step scalars [S, n].
+               seed_axis: str | None = None, compiler_options: dict | None = None) -> Callable:
+    """jit(vmap over runs): one (probed) step, then `n_bare` ≤ n_steps − 1 bare steps; per-step scalars [S, n].
 
-    Called as chunk(state, data_keys, data): `data` (a Dataset pytree) is an argument rather than a closed-over
-    constant, and `batch_fn(data, key)` draws a batch from it. `seed_axis`: the mesh axis the seeds are split
-    over (`jaxnorm.sharding.seed_axis_name`), so that sharding constraints inside keep them split."""
+    Called as chunk(state, data_keys, data, active_depth, apply_first, n_bare). `data` (a Dataset pytree)
+    is an argument rather than a closed-over constant, and `batch_fn(data, key)` draws a batch from it.
+    `active_depth` (a padded model's, else None), `apply_first` (bool: False measures the parameters without
+    updating them) and `n_bare` (int32; steps past it are skipped and their scalars are zeros) are the same
+    for every run, so one program serves every depth, the final measurement and a short last chunk.
+    `seed_axis`: the mesh axis the runs are split over (`jaxnorm.sharding.seed_axis_name`)."""
 
-    def one_seed(state: TrainState, data_key: jax.Array, data: Any):
+    def one_seed(state: TrainState, data_key: jax.Array, data: Any, active_depth, apply_first, n_bare):
         batch_fn_ = functools.partial(batch_fn, data)
         def keyed(step):
             return jax.random.fold_in(data_key, step)
 
-        state, first = fns.train_step(state, batch_fn_(keyed(state.step)), keyed(state.step), with_probes)
+        def step(s, probed, apply=True):
+            return fns.train_step(s, batch_fn_(keyed(s.step)), keyed(s.step), probed, apply, active_depth)
+
+        state, first = step(state, with_probes, apply_first)
         layers = first.pop("layers", {})
 
-        def body(s, _):
-            s, m = fns.train_step(s, batch_fn_(keyed(s.step)), keyed(s.step), False)
-            return s, m
+        def body(s, i):
+            def skip(s):
+                _, m = jax.eval_shape(lambda s: step(s, False), s)
+                return s, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), m)
+            # `i < n_bare` is the same for every run, so under vmap this stays a branch that skips the step.
+            return jax.lax.cond(i < n_bare, lambda s: step(s, False), skip, s)
 
-        state, rest_metrics = jax.lax.scan(body, state, None, length=n_steps - 1)
+        state, rest_metrics = jax.lax.scan(body, state, jnp.arange(n_steps - 1))
         scalars = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest_metrics)
         return state, scalars, layers
 
-    return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis), donate_argnums=0)
-
-
-def make_measure(fns: StepFns, batch_fn: Callable, compiler_options: dict | None = None,
-                 seed_axis: str | None = None) -> Callable:
-    """jit(vmap): per-layer probes of the current parameters without changing them; (state, keys, data)."""
-
-    def one_seed(state: TrainState, data_key: jax.Array, data: Any):
-        key = jax.random.fold_in(data_key, state.step)
-        _, metrics = fns.train_step(state, batch_fn(data, key), key, True, apply_update=False)
-        return metrics.pop("layers"), metrics
-
-    return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None), spmd_axis_name=seed_axis),
-                        compiler_options=compiler_options)
+    return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None, None, None), spmd_axis_name=seed_axis),
+                        donate_argnums=0, compiler_options=compiler_options, name="chunk")

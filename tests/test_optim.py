@@ -60,7 +60,7 @@ def test_every_optimizer_schedule_clip_steps(opt_index):
             cfg = OptimConfig(optimizer=opt, schedule=schedule, clip=clip, warmup_steps=1,
                               skip_nonfinite=True)
             tx = chain(cfg)
-            state = optim.init_state(tx, params, 1e-2)
+            state = optim.init_state(tx, params, 1e-2, cfg.weight_decay)
             for _ in range(2):  # past the warmup, where every schedule's multiplier is > 0
                 updates, state = tx.update(grads, state, params)
             out[schedule, clip] = optax.apply_updates(params, updates), optax.tree.norm(updates)
@@ -76,12 +76,12 @@ def test_init_state_under_vmap_over_seeds():
     tx = chain(cfg)
     params_S = jax.tree.map(lambda x: jnp.stack([x, 0.5 - x]), tiny_params())
     grads_S = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tiny_grads())
-    state_S = jax.jit(jax.vmap(lambda p: optim.init_state(tx, p, 3e-3)))(params_S)
+    state_S = jax.jit(jax.vmap(lambda p: optim.init_state(tx, p, 3e-3, cfg.weight_decay)))(params_S)
     updates_S, _ = jax.jit(jax.vmap(tx.update))(grads_S, state_S, params_S)
     np.testing.assert_allclose(optim.peak_learning_rate(state_S), [3e-3, 3e-3])
     # Seed 1 on its own gives the same update as inside the vmap.
     p1, g1 = jax.tree.map(lambda x: x[1], params_S), jax.tree.map(lambda x: x[1], grads_S)
-    u1, _ = jax.jit(tx.update)(g1, optim.init_state(tx, p1, 3e-3), p1)
+    u1, _ = jax.jit(tx.update)(g1, optim.init_state(tx, p1, 3e-3, cfg.weight_decay), p1)
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], updates_S), u1, rtol=1e-5, atol=1e-7)
 
 
@@ -154,7 +154,7 @@ def test_decay_mask_and_masked_leaf_is_not_decayed():
     for opt in ("adamw", "lion", "adafactor"):
         cfg = OptimConfig(optimizer=opt, schedule="constant", weight_decay=0.1)
         tx = optim.make_optimizer(cfg, 10)
-        updates, _ = jax.jit(tx.update)(zeros, optim.init_state(tx, params, 0.1), params)
+        updates, _ = jax.jit(tx.update)(zeros, optim.init_state(tx, params, 0.1, cfg.weight_decay), params)
         new = optax.apply_updates(params, updates)
         for name in ("scale", "bias"):
             np.testing.assert_array_equal(new["blocks"]["norm"][name], params["blocks"]["norm"][name])
@@ -184,7 +184,7 @@ def test_changing_lr_does_not_retrace_and_scales_updates():
         return tx.update(grads, state, params)
 
     chex.clear_trace_counter()
-    s1, s2 = optim.init_state(tx, params, 1e-3), optim.init_state(tx, params, 4e-3)
+    s1, s2 = optim.init_state(tx, params, 1e-3, cfg.weight_decay), optim.init_state(tx, params, 4e-3, cfg.weight_decay)
     for _ in range(3):
         u1, s1 = step(s1)
         u2, s2 = step(s2)
@@ -221,7 +221,7 @@ def test_adamw_equals_optax_scheduled_adamw(schedule, reference):
     theirs = optax.adamw(reference(lr), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd,
                          mask=optim.decay_mask)
     p_ours = p_theirs = tiny_params()
-    s_ours, s_theirs = optim.init_state(ours, p_ours, lr), theirs.init(p_theirs)
+    s_ours, s_theirs = optim.init_state(ours, p_ours, lr, wd), theirs.init(p_theirs)
     for i in range(6):
         g = tiny_grads(scale=1.0 + i)
         u, s_ours = ours.update(g, s_ours, p_ours)
@@ -236,7 +236,7 @@ def test_apply_if_finite_skips_nan_then_updates():
     cfg = OptimConfig(optimizer="adam", schedule="constant", clip="global_norm", skip_nonfinite=True)
     tx = chain(cfg)
     params = tiny_params()
-    state = optim.init_state(tx, params, 1e-2)
+    state = optim.init_state(tx, params, 1e-2, cfg.weight_decay)
     bad = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), tiny_grads())
     updates, state = tx.update(bad, state, params)
     after_bad = optax.apply_updates(params, updates)
@@ -253,7 +253,7 @@ def test_adafactor_treats_each_layer_as_its_own_tensor():
     cfg = OptimConfig(optimizer="adafactor", schedule="constant", weight_decay=0.0)
     params, grads = tiny_params(), tiny_grads()
     tx = optim.make_optimizer(cfg, 10)
-    updates, _ = tx.update(grads, optim.init_state(tx, params, 0.1), params)
+    updates, _ = tx.update(grads, optim.init_state(tx, params, 0.1, cfg.weight_decay), params)
     ref = optax.adafactor(0.1)
     for i in range(L):
         p_i, g_i = params["blocks"]["mlp"]["kernel"][i], grads["blocks"]["mlp"]["kernel"][i]

@@ -26,12 +26,15 @@ CASES = [TINY.replace(block=b) for b in BLOCKS] + [
     TINY.replace(block="admin", admin_mode="closed_form")]
 
 
-def _loss_and_grads(cfg: ModelConfig, key: jax.Array, tokens: jax.Array, active: jax.Array | None):
-    """Logits and parameter gradients of a freshly initialised model (train-mode forward, as the step runs)."""
+def _loss_and_grads(cfg: ModelConfig, key: jax.Array, tokens: jax.Array, active: jax.Array | None,
+                    skip: bool = False):
+    """Logits and parameter gradients of a freshly initialised model (train-mode forward, as the step runs).
+    `skip`: pass the active depth to the forward pass too, so inactive layers are skipped (`lax.cond`)
+    rather than computed as identities."""
     graphdef, params, rest = model_lib.init(cfg, key, active)
 
     def loss(p):
-        logits, _, _ = model_lib.apply(graphdef, p, rest, tokens, train=True)
+        logits, _, _ = model_lib.apply(graphdef, p, rest, tokens, train=True, active_depth=active if skip else None)
         return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
 
     (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
@@ -47,13 +50,22 @@ def _block_split(tree) -> tuple[dict, dict]:
     return blocks, other
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["identity", "skipped"])
 @pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"{c.block}-{c.init}-{c.admin_mode}")
-def test_padded_model_is_the_unpadded_model(cfg):
+def test_padded_model_is_the_unpadded_model(cfg, skip):
+    """Inactive layers computed as identities (the Jacobian probes) or skipped by `lax.cond` (training and
+    evaluation, under vmap over seeds too): the unpadded model's logits, parameters and gradients."""
     key, tokens = jax.random.key(3), jax.random.randint(jax.random.key(4), (3, 6), 0, 7)
     ref_logits, ref_params, ref_grads = jax.jit(
         lambda k, t: _loss_and_grads(cfg, k, t, None))(key, tokens)
     padded = padded_config(cfg, PAD)
-    logits, params, grads = jax.jit(lambda k, t, a: _loss_and_grads(padded, k, t, a))(key, tokens, jnp.int32(2))
+    run = lambda k, t, a: _loss_and_grads(padded, k, t, a, skip)  # noqa: E731
+    if skip:  # two seeds (the same key twice) vmapped, the active depth unbatched: the branch stays a branch
+        keys = jnp.stack([key, key])
+        out = jax.jit(jax.vmap(run, in_axes=(0, None, None)))(keys, tokens, jnp.int32(2))
+        logits, params, grads = jax.tree.map(lambda a: a[1], out)
+    else:
+        logits, params, grads = jax.jit(run)(key, tokens, jnp.int32(2))
 
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-6)
     (pb, po), (rb, ro) = _block_split(params), _block_split(ref_params)
