@@ -193,7 +193,7 @@ def grouped_across_depths(cells: list[Cell]) -> list[Cell]:
     """`cells` reordered so that those differing only in depth (or learning rate) are adjacent, keeping the
     grid's order otherwise: padded cells then reuse the few cached programs (`jaxnorm.programs`)."""
     first: dict[tuple, int] = {}
-    key = lambda c: (c.block, c.norm, c.attention, c.optimizer, c.clip)  # noqa: E731
+    key = lambda c: tuple(v for k, v in c.coords if k not in ("depth", "lr"))  # noqa: E731 (every other axis)
     for c in cells:
         first.setdefault(key(c), len(first))
     return sorted(cells, key=lambda c: first[key(c)])
