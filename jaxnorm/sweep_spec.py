@@ -226,14 +226,12 @@ def _quick() -> SweepSpec:
     Post-LN vs Pre-LN vs ReZero at depths 2, 8, 24 (d_model 32, 600 steps, adamw at one lr, 1e-2, 50
     warmup steps then cosine decay). Calibrated so that "trains" and "fails" look different: reversal is
     learnt in a sudden drop after a plateau near 20% token accuracy, which at lr 3e-3 even depth 2 had not
-    left by step 600, while at 1e-2 every cell that trains ends at ~100% accuracy with the loss near 0 (at depth
-    2 Pre-LN and Post-LN get there by step ~200, at depth 24 Pre-LN and ReZero by ~400). Measured: 5 min
-    52 s wall on a 2-core x86 CPU with an empty compilation cache, shared with other work (load average
-    ~5; the previous 180-step preset took 5 min 8 s on the quiet machine); most of it compiling (~20 s per
-    cell here), the training 98 s in all; a rerun or resumed sweep reuses JAX's persistent compilation
-    cache. Shows depth effects: Post-LN trains at depth 2 but stays near chance at depth 8 and at chance
-    loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the input (first/last
-    layer ratio ~1e-6), while Pre-LN and ReZero reach 100% at every depth. Add `--blocks
+    left by step 600, while at 1e-2 every cell that trains ends at ~100% accuracy with the loss near 0 (at
+    depth 2 Pre-LN and Post-LN get there by step ~200, at depth 24 Pre-LN and ReZero by ~400). Most of its
+    time is compiling, which a rerun or resumed sweep skips (JAX's persistent compilation cache); measured
+    times: benchmarks/presets.md. Shows depth effects: Post-LN trains at depth 2 but stays near chance at
+    depth 8 and at chance loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the
+    input (first/last layer ratio ~1e-6), while Pre-LN and ReZero reach 100% at every depth. Add `--blocks
     post_ln,pre_ln,deepnorm,rezero --optimizers adamw,rmsprop --clip none,global_norm:1.0` for the full
     small comparison (48 cells).
     """
@@ -254,8 +252,8 @@ def _paper() -> SweepSpec:
 
     Char-level LM (causal) on the built-in corpus, depths 2..128, the main norm placements with the
     causal-safe norms, four optimizers, with and without clipping, three learning rates (so
-    `results.lr_sensitivity` applies), 3 seeds: 2,688 cells. Expect ~15–40 s per cell on one H100
-    (most in depth ≥ 32), i.e. roughly a day on one GPU: split it with `--shard i/n` over machines.
+    `results.lr_sensitivity` applies), 3 seeds: 2,352 cells, most of the time in depths ≥ 32. Split it with
+    `--shard i/n` over machines (the time it takes: benchmarks/presets.md).
     Shows where in depth each placement loses gradient, which placements/optimizers diverge at which
     depth and learning rate, and how LR sensitivity grows with depth (Wortsman et al. 2023).
     """
@@ -280,10 +278,9 @@ def _init() -> SweepSpec:
     runs once, so compiling is nearly all the cost; the sweep therefore pads every cell to depth 64
     (jaxnorm.padding: the same results, up to float32 rounding) and the six depths of a block share one set
     of programs (compiled at XLA's lowest CPU backend level; `python scripts/bench_compile.py` splits them).
-    Measured end to end on a 2-core CPU with an empty compilation cache: 5 min 32 s.
-    For a look in about a minute, narrow the grid (`--blocks post_ln,pre_ln --depths 2,8,32`), or use the
-    explore notebook (gradient norms only, one program per block). Shows the per-layer gradient and Jacobian
-    profile each placement starts from.
+    Measured times: benchmarks/presets.md. For a quicker look, narrow the grid (`--blocks post_ln,pre_ln
+    --depths 2,8,32`), or use the explore notebook (gradient norms only, one program per block). Shows the
+    per-layer gradient and Jacobian profile each placement starts from.
     """
     return SweepSpec(
         depths=(2, 4, 8, 16, 32, 64), blocks=BLOCKS, norms=("layernorm",), attentions=("dot",),
@@ -298,7 +295,8 @@ PRESETS = {"quick": _quick, "paper": _paper, "init": _init}
 
 
 def preset(name: str) -> SweepSpec:
-    """The named preset's spec (see each preset's docstring for its command, runtime and what it shows)."""
+    """The named preset's spec (see each preset's docstring for its command and what it shows, and
+    benchmarks/presets.md for how long it takes)."""
     if name not in PRESETS:
         raise ConfigError(f"preset (--preset): invalid value {name!r}; allowed: {', '.join(PRESETS)}")
     return PRESETS[name]()

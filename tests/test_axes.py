@@ -100,7 +100,8 @@ ACTIVATION_AXIS = axes.Axis(
     valid=lambda v: v in ACTIVATIONS, sets=lambda v: {"model": {"activation": v}}, noun="activations")
 HALF_PRE = placements.Placement("half_pre", "x ← x + ½·F(N(x))", "test", "pre", final_norm=True,
                                 branch_scale=lambda depth, alpha: 0.5)
-SQUARED = metrics.Metric("grad_norm_squared", "layer", "‖∂loss/∂θ_l‖² of all of layer l's parameters", "grads")
+SQUARED = metrics.Metric("grad_norm_squared", "layer", "‖∂loss/∂θ_l‖² of all of layer l's parameters",
+                         "grads")
 
 
 def with_squared_norm(layer_stats):
