@@ -69,8 +69,8 @@ def _int(flag: str, text: str | None, minimum: int, maximum: int | None = None) 
 
 
 def _axis_values(axis: axes.Axis, text: str | None) -> tuple | None:
-    """The values of a grid-axis flag's comma-separated text, each item parsed by its axis (jaxnorm.axes); the
-    spec checks them. None when the flag is not given."""
+    """The values of a grid-axis flag's comma-separated text, each item parsed by its axis's `parse`
+    (jaxnorm.axes); the spec checks the values. None when the flag is not given."""
     items = _split(axis.flag, text)
     try:
         return None if items is None else tuple(axis.parse(t) for t in items)

@@ -124,13 +124,21 @@ def _depth_ok(v: Any) -> bool:
     return _passes(lambda: check_int("SweepSpec", "depth", v, 1))
 
 
+def _parse_depth(text: str) -> int:
+    """A depth from the flag's text; out of range is no depth (the flag's error then names the whole list)."""
+    depth = int(text)
+    if not _depth_ok(depth):
+        raise ValueError(text)
+    return depth
+
+
 def _lr_ok(v: Any) -> bool:
     return _passes(lambda: check_lr("SweepSpec", "lr", v))
 
 
 AXES: dict[str, Axis] = {a.name: a for a in (
     Axis("depths", "depth", "--depths", (2, 8, 24), "int", allowed=lambda: f"integers >= 1 and <= {LIMITS['depth']}",
-         valid=_depth_ok, sets=lambda v: {"model": {"depth": v}}, noun="depths", parse=int,
+         valid=_depth_ok, sets=lambda v: {"model": {"depth": v}}, noun="depths", parse=_parse_depth,
          id_text=lambda v: f"L{v}", legend=lambda v: f"L={v}", figure="x",
          help="comma-separated depths L >= 1, e.g. 2,8,32"),
     # PLACEMENTS is read live: a block registered in jaxnorm.placements is an allowed value at once
