@@ -55,7 +55,7 @@ class Axis:
     sets: Callable[[Any], dict[str, dict[str, Any]]]  # a value -> config part -> the fields it sets
     noun: str                           # the values in words, for captions: "learning rates"
     parse: Callable[[str], Any] = str   # one item of the flag's comma-separated text -> a value (ValueError)
-    same: Callable[[Any], Any] = lambda v: v          # values with equal results train the same cell
+    same: Callable[[Any], Any] = lambda v: v          # a key: values with equal keys are one value (merged)
     # the value a cell records, given the values of the axes before this one (a norm-free block's norm is "none")
     resolve: Callable[[Any, dict[str, Any]], Any] = lambda v, cell: v
     id_text: Callable[[Any], str] = str               # the value's part of the cell id

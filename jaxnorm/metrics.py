@@ -93,4 +93,5 @@ def names(kind: str | None = None, *, per_layer: bool | None = None, jsonl: bool
 
 def recorded(kind: str, probe_cfg) -> tuple[str, ...]:
     """The names of `kind` a run with this ProbeConfig records (its family switches)."""
-    return tuple(m.name for m in METRICS.values() if m.kind == kind and (m.family is None or getattr(probe_cfg, m.family)))
+    return tuple(m.name for m in METRICS.values()
+                 if m.kind == kind and (m.family is None or getattr(probe_cfg, m.family)))
