@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxnorm.config import (ACTIVATIONS, ADMIN_MODES, ATTENTIONS, BLOCKS, CLIPS, INITS, LIMITS, NORMS, OPTIMIZERS,
-                            POSITIONS, SCHEDULES, TASKS, ConfigError)
+from jaxnorm import axes
+from jaxnorm.config import ACTIVATIONS, ADMIN_MODES, INITS, LIMITS, POSITIONS, SCHEDULES, TASKS, ConfigError
 
 PRESET_NAMES = ("quick", "paper", "init")
 
@@ -52,17 +52,6 @@ def _split(flag: str, text: str | None) -> list[str] | None:
     return items
 
 
-def _ints(flag: str, text: str | None, minimum: int = 1, maximum: int | None = None) -> list[int] | None:
-    items = _split(flag, text)
-    try:
-        values = None if items is None else [int(t) for t in items]
-    except ValueError:
-        values = [minimum - 1]
-    if values is not None and any(not minimum <= v <= (maximum or v) for v in values):
-        raise _flag_error(flag, text, f"comma-separated integers >= {minimum}" + _at_most(maximum))
-    return values
-
-
 def _at_most(maximum: int | None) -> str:
     return "" if maximum is None else f" and <= {maximum}"
 
@@ -79,13 +68,14 @@ def _int(flag: str, text: str | None, minimum: int, maximum: int | None = None) 
     return value
 
 
-def _floats(flag: str, text: str | None) -> list[float] | None:
-    items = _split(flag, text)
+def _axis_values(axis: axes.Axis, text: str | None) -> tuple | None:
+    """The values of a grid-axis flag's comma-separated text, each item parsed by its axis's `parse`
+    (jaxnorm.axes); the spec checks the values. None when the flag is not given."""
+    items = _split(axis.flag, text)
     try:
-        values = None if items is None else [float(t) for t in items]
+        return None if items is None else tuple(axis.parse(t) for t in items)
     except ValueError:
-        raise _flag_error(flag, text, "comma-separated numbers > 0") from None
-    return values
+        raise _flag_error(axis.flag, text, f"comma-separated {axis.allowed()}") from None
 
 
 def _float(flag: str, text: str | None, minimum: float) -> float | None:
@@ -130,14 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                 allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", default="quick", help=f"base grid, one of: {', '.join(PRESET_NAMES)} (default quick)")
-    a("--depths", help="comma-separated depths L >= 1, e.g. 2,8,32")
-    a("--blocks", help=f"comma-separated, from: {', '.join(BLOCKS)}")
-    a("--norms", help=f"comma-separated, from: {', '.join(NORMS)}")
-    a("--attentions", help=f"comma-separated, from: {', '.join(ATTENTIONS)}")
-    a("--optimizers", help=f"comma-separated, from: {', '.join(OPTIMIZERS)}")
-    a("--clip", help=f"comma-separated clippings: none or <kind>:<c>, kind from {', '.join(c for c in CLIPS if c != 'none')}"
-                     ", e.g. none,global_norm:1.0,value:0.5,agc:0.01")
-    a("--lrs", help="comma-separated peak learning rates > 0, e.g. 1e-3,3e-3")
+    for axis in axes.axes():  # the grid axes, from jaxnorm.axes
+        a(axis.flag, dest=axis.field, metavar=axis.flag[2:].upper().replace("-", "_"), help=axis.flag_help())
     a("--seeds", help="models per cell, trained together (vmapped); integer >= 1")
     a("--steps", help="optimizer steps per cell; 0 = gradients at initialisation only")
     a("--task", help=f"one of: {', '.join(TASKS)} (lm is causal; mlm and the others bidirectional)")
@@ -214,17 +198,12 @@ def build_spec(args: argparse.Namespace):
     if args.preset not in PRESET_NAMES:
         raise _flag_error("--preset", args.preset, ", ".join(PRESET_NAMES))
     spec = preset(args.preset)
-    axes: dict[str, Any] = {}
-    for flag, name in (("--blocks", "blocks"), ("--norms", "norms"), ("--attentions", "attentions"),
-                       ("--optimizers", "optimizers"), ("--clip", "clips")):
-        if (v := _split(flag, getattr(args, name if name != "clips" else "clip"))) is not None:
-            axes[name] = tuple(v)
-    if (v := _ints("--depths", args.depths, 1, LIMITS["depth"])) is not None:
-        axes["depths"] = tuple(v)
-    if (v := _floats("--lrs", args.lrs)) is not None:
-        axes["lrs"] = tuple(v)
+    grid: dict[str, Any] = {}
+    for axis in axes.axes():
+        if (v := _axis_values(axis, getattr(args, axis.field))) is not None:
+            grid[axis.field] = v
     if (v := _int("--seeds", args.seeds, 1, LIMITS["seeds"])) is not None:
-        axes["seeds"] = v
+        grid["seeds"] = v
     train, model, probe = {}, {}, {}
     for flag, attr, target, field, minimum in (
             ("--steps", "steps", train, "steps", 0), ("--batch-size", "batch_size", train, "batch_size", 1),
@@ -257,7 +236,7 @@ def build_spec(args: argparse.Namespace):
         train["task"] = args.task
     if args.text_file is not None:
         train["text_file"] = args.text_file
-    return spec.replace(**axes, train=spec.train.replace(**train), model=spec.model.replace(**model),
+    return spec.replace(**grid, train=spec.train.replace(**train), model=spec.model.replace(**model),
                         optim=spec.optim.replace(**optim), probe=spec.probe.replace(**probe))
 
 

@@ -2,8 +2,8 @@
 
     python -m experiments.init_gradients [--out runs/init] [any depth_sweep flag]
 
-The `init` preset of `experiments.depth_sweep` (TrainConfig.steps = 0); about 4 minutes on a 2-core CPU
-with an empty compilation cache.
+The `init` preset of `experiments.depth_sweep` (TrainConfig.steps = 0); how long it takes:
+benchmarks/presets.md.
 """
 
 import sys

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from jaxnorm.columns import AXIS_COLUMNS, TIMING_COLUMNS, identity_columns
+from jaxnorm.columns import TIMING_COLUMNS, axis_columns, identity_columns
 
 BOOTSTRAP_MIN_SEEDS = 5
 BOOTSTRAP_RESAMPLES = 1000
@@ -112,7 +112,7 @@ def cell_table(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFra
     """One row per cell, in the sweep's order: cell_id, the axes and config columns, `seeds`, `diverged`
     (count of diverged seeds), and for each numeric column c its aggregate c with c_lo, c_hi (spread)."""
     if df.empty:
-        return pd.DataFrame(columns=["cell_id", *AXIS_COLUMNS, "seeds", "diverged"])
+        return pd.DataFrame(columns=["cell_id", *axis_columns(), "seeds", "diverged"])
     columns = numeric_columns(df) if columns is None else columns
     ident = [c for c in identity_columns() if c in df]
     rows = []

@@ -80,16 +80,18 @@ _ENTRIES = (
            "spectrum", per_layer=False, figure="jacobian_spectrum.png"),
 )
 
+# Read on every call of `names` and `recorded`, so a registration (a test's monkeypatch.setitem) counts at once.
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
 
 
 def names(kind: str | None = None, *, per_layer: bool | None = None, jsonl: bool | None = None) -> tuple[str, ...]:
     """Registered metric names, filtered by kind, layer axis and metrics.jsonl membership."""
-    return tuple(m.name for m in _ENTRIES
+    return tuple(m.name for m in METRICS.values()
                  if (kind is None or m.kind == kind) and (per_layer is None or m.per_layer == per_layer)
                  and (jsonl is None or m.jsonl == jsonl))
 
 
 def recorded(kind: str, probe_cfg) -> tuple[str, ...]:
     """The names of `kind` a run with this ProbeConfig records (its family switches)."""
-    return tuple(m.name for m in _ENTRIES if m.kind == kind and (m.family is None or getattr(probe_cfg, m.family)))
+    return tuple(m.name for m in METRICS.values()
+                 if m.kind == kind and (m.family is None or getattr(probe_cfg, m.family)))

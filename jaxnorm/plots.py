@@ -28,9 +28,9 @@ import pandas as pd
 from matplotlib.figure import Figure  # noqa: E402
 
 from jaxnorm import aggregate, integrity, results, rundir  # noqa: E402
+from jaxnorm.axes import AXES  # noqa: E402 (the grid axes; `axes` names matplotlib's subplots here)
 from jaxnorm.config import NORM_FREE_BLOCKS  # noqa: E402
 
-AXES = list(results.AXIS_COLUMNS)  # depth, block, norm, attention, optimizer, clip, lr
 DPI = 110
 PANEL_W, PANEL_H = 4.2, 3.2
 
@@ -76,12 +76,15 @@ def cells_of(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def values(df: pd.DataFrame, col: str) -> list:
-    """The distinct values of a column in order of first appearance (= the sweep's axis order), depths sorted."""
+    """The distinct values of a column in order of first appearance (= the sweep's axis order), numeric axes
+    (depth, lr) sorted."""
     vals = list(dict.fromkeys(df[col].tolist()))
-    return sorted(vals) if col in ("depth", "lr") else vals
+    return sorted(vals) if col in AXES and AXES[col].kind != "name" else vals
 
 
-def varying(df: pd.DataFrame, cols: Sequence[str] = AXES) -> list[str]:
+def varying(df: pd.DataFrame, cols: Sequence[str] | None = None) -> list[str]:
+    """The columns of `cols` (default: every grid axis) that take more than one value in `df`."""
+    cols = results.axis_columns() if cols is None else cols
     return [c for c in cols if c in df.columns and df[c].nunique(dropna=False) > 1]
 
 
@@ -119,7 +122,7 @@ def label_of(row: Any, cols: Sequence[str]) -> str:
     parts = []
     for c in cols:
         v = row[c] if isinstance(row, (dict, pd.Series)) else getattr(row, c)
-        parts.append(f"L={v}" if c == "depth" else f"lr={v:g}" if c == "lr" else str(v))
+        parts.append(AXES[c].legend(v) if c in AXES else str(v))
     return " ".join(parts)
 
 

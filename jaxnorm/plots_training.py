@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from jaxnorm import aggregate, outcome, results
+from jaxnorm.axes import AXES, with_figure
 from jaxnorm.outcome import has_training, trained
 from jaxnorm.plots import (PANEL_H, cells_of, colors, fix_others, grid, label_of, legend, mean_band, outside_legend, suptitle,
                            values, varying)
@@ -57,15 +58,23 @@ def _panel_title(df: pd.DataFrame, cols: tuple[str, ...], key: tuple) -> str:
     return " ".join(f"{c}={v}" for c, v in zip(names, key))
 
 
+def pooled_nouns() -> list[str]:
+    """What the stability map pools besides seeds, in words: the axes other than its x axis, its panels and
+    block (its rows); those loss vs depth picks the best of (learning rates) first."""
+    pooled = [a for a in AXES.values() if a.figure in ("line", "best") and a.name != "block"]
+    return [a.noun for a in sorted(pooled, key=lambda a: a.figure != "best")]
+
+
 def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
-    """Final train loss vs depth, one panel per optimizer × clip, one line per block (× norm × attention).
+    """Final train loss vs depth, one panel per optimizer × clip, one line per block (× norm × attention): the
+    axes whose figure role (jaxnorm.axes) is "panel" and "line".
 
     With several learning rates each point uses the best one (lowest mean capped loss). The line is the
     mean over seeds that did not diverge (band = their spread, `jaxnorm.aggregate`); each diverged seed is an × at its initial loss."""
     if not has_training(df) or df["depth"].nunique() < 2:
         return None
     df = df.assign(_capped=capped_loss(df))
-    panel_cols, line_cols = ("optimizer", "clip"), ("block", "norm", "attention")
+    panel_cols, line_cols = tuple(with_figure("panel")), tuple(with_figure("line"))
     label_cols = [c for c in line_cols if c in varying(df)] or ["block"]
     panels = _panels(df, panel_cols)
     lines = list(dict.fromkeys(map(tuple, df[label_cols].itertuples(index=False))))
@@ -112,12 +121,13 @@ def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
 
 
 def stability_map(df: pd.DataFrame) -> Figure | None:
-    """Heatmap over depth × block of the fraction of runs (seeds × lrs × norms × attentions) that trained,
-    one panel per optimizer (× clip when clipping varies); each square is annotated trained/total."""
+    """Heatmap over depth × block of the fraction of runs that trained, one panel per optimizer (× clip when
+    clipping varies: the "panel" axes of jaxnorm.axes), pooled over seeds and the other axes (lrs, norms,
+    attentions); each square is annotated trained/total."""
     if not has_training(df):
         return None
     df = df.assign(_trained=trained(df))
-    panel_cols = ("optimizer", "clip")
+    panel_cols = tuple(with_figure("panel"))
     panels = _panels(df, panel_cols)
     blocks, depths = values(df, "block"), values(df, "depth")
     fig, axes = grid(1, len(panels), w=max(4.2, 0.75 * len(depths) + 2.4), h=max(3.0, 0.42 * len(blocks) + 1.8))
@@ -139,7 +149,7 @@ def stability_map(df: pd.DataFrame) -> Figure | None:
         ax.set_title(_panel_title(df, panel_cols, pkey), fontsize="small")
     fig.colorbar(image, ax=axes[0, -1], label="fraction of runs that trained")
     suptitle(fig, "Stability map: runs that trained / runs",
-             f"{outcome.describe()}; pooled over seeds, learning rates, norms, attentions")
+             f"{outcome.describe()}; pooled over {', '.join(['seeds', *pooled_nouns()])}")
     return fig
 
 
@@ -190,7 +200,7 @@ def lr_sensitivity_curves(df: pd.DataFrame, panel: str = "block") -> Figure | No
     if not has_training(df) or df["lr"].nunique() < 2:
         return None
     sens = results.lr_sensitivity(df)
-    keys = [c for c in results.GROUP_COLUMNS if c in df.columns]
+    keys = [c for c in results.group_columns() if c in df.columns]
     df = df.assign(_capped=capped_loss(df))
     label_cols = [c for c in varying(df, keys) if c != panel] or ["depth"]
     panels = values(df, panel)

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxnorm import aggregate, findings, outcome, results, rundir
+from jaxnorm import aggregate, axes, findings, outcome, results, rundir
 from jaxnorm.figures import FIGURES
 from jaxnorm.plots import check_run_dir
 
-SPEC_AXES = ("depths", "blocks", "norms", "attentions", "optimizers", "clips", "lrs", "seeds")
 # Results-table columns: (results column, heading). Each is shown as "value (lo–hi)" over seeds.
 TRAINING_COLUMNS = (("final_loss", "final train loss"), ("final_accuracy", "train accuracy"),
                     ("final_eval_loss", "eval loss"), ("grad_decades_init", "∇ decades, init"),
@@ -57,7 +56,7 @@ def spec_section(sweep: dict, done: int) -> str:
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Cells finished: {done} / {sweep.get('num_cells', '?')}", ""]
-    for axis in SPEC_AXES:
+    for axis in [*axes.fields(), "seeds"]:  # the spec's grid fields (jaxnorm.axes) and its seeds
         if axis in spec:
             v = spec[axis]
             lines.append(f"- {axis}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
@@ -93,8 +92,9 @@ def results_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: the axes that vary (block and depth always), then each column of TRAINING_COLUMNS
     (or INIT_COLUMNS for an initialisation-only sweep) as "aggregate (min–max or bootstrap interval)"."""
     cells = aggregate.cell_table(df)
-    axes = ["block", "depth", *[c for c in results.AXIS_COLUMNS if c not in ("block", "depth") and df[c].nunique() > 1]]
-    table = cells[axes].copy()
+    lead = ["block", "depth"]
+    shown = [*lead, *[c for c in results.axis_columns() if c not in lead and c in df and df[c].nunique() > 1]]
+    table = cells[shown].copy()
     if outcome.has_training(df):
         ok = df.assign(_t=outcome.trained(df)).groupby("cell_id", sort=False)["_t"].sum()
         table["diverged"] = cells["diverged"].astype(str) + "/" + cells["seeds"].astype(str)

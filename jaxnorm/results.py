@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from jaxnorm import aggregate, integrity, outcome
-from jaxnorm.columns import AXIS_COLUMNS, CONFIG_COLUMNS, GROUP_COLUMNS, TIMING_COLUMNS  # noqa: F401 (re-exported)
+from jaxnorm.columns import (CONFIG_COLUMNS, TIMING_COLUMNS, axis_columns, group_columns, identity_columns,
+                             text_columns)
 
 
 class NotARunDir(ValueError):
@@ -117,11 +118,10 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     rundir.summarize for columns). null/None (a non-finite number) reads as NaN. NotARunDir if `run_dir` is
     not a run directory; a damaged or foreign cell is left out with a RunDirWarning naming it."""
     rows = [r for s in _summaries(run_dir) for r in summary_rows(s)]
-    columns = ["cell_id", *AXIS_COLUMNS, *[c for cs in CONFIG_COLUMNS.values() for c in cs], "seed"]
-    df = pd.DataFrame(rows, columns=None if rows else columns)
+    df = pd.DataFrame(rows, columns=None if rows else [*identity_columns(), "seed"])
+    text = text_columns()
     for col in df.columns:  # None -> NaN so numeric columns stay numeric
-        if df[col].dtype == object and col not in ("cell_id", "block", "norm", "attention", "optimizer",
-                                                   "clip", "task", "nonfinite_what"):
+        if df[col].dtype == object and col not in text:
             df[col] = _numeric(df[col])
     return df
 
@@ -171,11 +171,14 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
         for k, v in reversed(list({"cell_id": s["cell_id"], **s["cell"]}.items())):
             frame.insert(0, k, v)
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["cell_id", *AXIS_COLUMNS, "step", "seed"])
+    if not frames:
+        return pd.DataFrame(columns=["cell_id", *axis_columns(), "step", "seed"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def lr_sensitivity(df: pd.DataFrame, loss: str = "final_loss") -> pd.DataFrame:
-    """LR sensitivity per (block, depth, optimizer, norm, attention, clip) group swept over >= 2 lrs.
+    """LR sensitivity per group of every other axis (`columns.group_columns`: block, depth, optimizer, norm,
+    attention, clip) swept over >= 2 lrs.
 
     Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training instabilities", §3.2:
     E_lr[min(L(lr), L_0) − min_lr' L(lr')], L_0 the loss at initialisation. Each (cell, seed) loss is
@@ -184,7 +187,7 @@ def lr_sensitivity(df: pd.DataFrame, loss: str = "final_loss") -> pd.DataFrame:
     0 for a flat curve, up to ≈ L_0 − best when most learning rates fail. Also returns `best_lr`,
     `best_loss` and `num_lrs`.
     """
-    keys = [c for c in GROUP_COLUMNS if c in df.columns]
+    keys = [c for c in group_columns() if c in df.columns]
     out_cols = [*keys, "num_lrs", "lr_sensitivity", "best_lr", "best_loss"]
     if df.empty:
         return pd.DataFrame(columns=out_cols)

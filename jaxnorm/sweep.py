@@ -183,9 +183,9 @@ def init_profile_depth(spec: SweepSpec) -> int | None:
     """The depth every cell is padded to when the sweep measures initialisation only (steps = 0), else None.
 
     Such a cell runs each of its programs once, so compiling is nearly all it costs; padded to the grid's
-    largest depth (jaxnorm.padding), the cells of one block at every depth share one set of programs (on a
-    2-core CPU the `init` preset went from 12 minutes to 4). Training cells are not padded: padded layers
-    cost compute on every step."""
+    largest depth (jaxnorm.padding), the cells of one block at every depth share one set of programs (the
+    `init` preset's time with and without: benchmarks/presets.md). Training cells are not padded: padded
+    layers cost compute on every step."""
     return max(spec.depths) if spec.train.steps == 0 and len(spec.depths) > 1 else None
 
 
@@ -193,7 +193,7 @@ def grouped_across_depths(cells: list[Cell]) -> list[Cell]:
     """`cells` reordered so that those differing only in depth (or learning rate) are adjacent, keeping the
     grid's order otherwise: padded cells then reuse the few cached programs (`jaxnorm.programs`)."""
     first: dict[tuple, int] = {}
-    key = lambda c: (c.block, c.norm, c.attention, c.optimizer, c.clip)  # noqa: E731
+    key = lambda c: tuple(v for k, v in c.coords if k not in ("depth", "lr"))  # noqa: E731 (every other axis)
     for c in cells:
         first.setdefault(key(c), len(first))
     return sorted(cells, key=lambda c: first[key(c)])

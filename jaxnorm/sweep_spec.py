@@ -1,5 +1,5 @@
 """What a sweep asks for: `SweepSpec` (a grid of cells over shared base configs), its presets, and
-`expand(spec) -> list[Cell]`.
+`expand(spec) -> list[Cell]`. The grid's axes, and everything about each, are the table in `jaxnorm.axes`.
 
 A cell is one training run (S seeds vmapped together). Its `cell_id` is a readable prefix plus the
 first 8 hex digits of the sha256 of the canonical JSON of its resolved configs, so the same cell gets
@@ -17,65 +17,42 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
+from collections.abc import Iterable
 from typing import Any
 
+from jaxnorm import axes
+from jaxnorm.axes import parse_clip, spec_error  # noqa: F401 (parse_clip re-exported for jaxnorm.sweep)
 from jaxnorm.config import (
-    ATTENTIONS, BLOCKS, CLIPS, FLOAT32_MAX, FLOAT32_TINY, LIMITS, NORM_FREE_BLOCKS, NORMS,
-    OPTIMIZERS, TEXT_TASKS, ConfigError, task_model_config,
+    BLOCKS, LIMITS, TEXT_TASKS, ConfigError, task_model_config,
     ModelConfig, OptimConfig, ProbeConfig, TrainConfig, from_dict, to_dict,
 )
 
-# `lm` is a causal decoder; `mlm` and the synthetic tasks are bidirectional encoders (CAUSAL_TASKS, as
-# jaxnorm.data decides). `lm` and `mlm` read a text corpus (TEXT_TASKS); only they accept --text-file.
-CLIP_FORMS = "none, global_norm:<c>, value:<c>, agc:<c> (c a number > 0)"
-# Grid axes in expansion order (the last varies fastest) with the CLI flag that sets each.
-AXES = ("depths", "blocks", "norms", "attentions", "optimizers", "clips", "lrs")
-FLAGS = {"depths": "--depths", "blocks": "--blocks", "norms": "--norms", "attentions": "--attentions",
-         "optimizers": "--optimizers", "clips": "--clip", "lrs": "--lrs", "seeds": "--seeds"}
-
-
-def _bad(field: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"SweepSpec.{field} ({FLAGS[field]}): invalid value {value!r}; allowed: {allowed}")
-
-
-def parse_clip(text: str) -> tuple[str, float]:
-    """'none' | 'global_norm:1.0' | 'value:0.5' | 'agc:0.01' -> (OptimConfig.clip, OptimConfig.clip_value)."""
-    if not isinstance(text, str):
-        raise _bad("clips", text, CLIP_FORMS)
-    if text == "none":
-        return "none", 1.0
-    kind, sep, value = text.partition(":")
-    try:
-        c = float(value)
-    except ValueError:
-        c = math.nan
-    if not sep or kind not in CLIPS or kind == "none" or not (math.isfinite(c) and c > 0):
-        raise _bad("clips", text, CLIP_FORMS)
-    return kind, c
+# The base configs a spec applies its axes to, with their types.
+BASES = {"model": ModelConfig, "optim": OptimConfig, "train": TrainConfig, "probe": ProbeConfig}
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One point of the grid: its axis values, its resolved configs and its stable id."""
+    """One point of the grid: its axis values, its resolved configs and its stable id. An axis value reads as an
+    attribute of its name (`cell.depth`, `cell.lr`; the axes: jaxnorm.axes)."""
 
-    depth: int
-    block: str
-    norm: str
-    attention: str
-    optimizer: str
-    clip: str
-    lr: float
+    coords: tuple[tuple[str, Any], ...]  # (axis name, value), in grid order
     model: ModelConfig
     optim: OptimConfig
     train: TrainConfig
     probe: ProbeConfig
     cell_id: str
 
+    def __getattr__(self, name: str) -> Any:
+        # reached only for names that are not fields; __dict__ directly, so that a half-built copy cannot recurse
+        for axis, value in self.__dict__.get("coords", ()):
+            if axis == name:
+                return value
+        raise AttributeError(f"Cell has no attribute or axis {name!r}")
+
     def axes(self) -> dict[str, Any]:
-        """The grid coordinates: {depth, block, norm, attention, optimizer, clip, lr}."""
-        return {"depth": self.depth, "block": self.block, "norm": self.norm, "attention": self.attention,
-                "optimizer": self.optimizer, "clip": self.clip, "lr": self.lr}
+        """The grid coordinates: {depth, block, norm, attention, optimizer, clip, lr} (the axes' names)."""
+        return dict(self.coords)
 
     def configs(self) -> dict[str, Any]:
         return {"model": to_dict(self.model), "optim": to_dict(self.optim), "train": to_dict(self.train),
@@ -87,86 +64,90 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def make_cell_id(axes: dict[str, Any], configs: dict[str, Any]) -> str:
-    """`L8-pre_ln-layernorm-dot-adamw-none-lr0.001-3f9a2c1b`: readable axes + sha256 of the configs."""
+def make_cell_id(coords: dict[str, Any], configs: dict[str, Any]) -> str:
+    """`L8-pre_ln-layernorm-dot-adamw-none-lr0.001-3f9a2c1b`: each axis's value as its `id_text` writes it, in
+    grid order, then 8 hex digits of the sha256 of the configs. KeyError if `coords` lacks an axis."""
     digest = hashlib.sha256(canonical_json(configs).encode()).hexdigest()[:8]
-    clip = axes["clip"].replace(":", "")
-    return (f"L{axes['depth']}-{axes['block']}-{axes['norm']}-{axes['attention']}-{axes['optimizer']}-"
-            f"{clip}-lr{axes['lr']:g}-{digest}")
+    return "-".join([*(a.id_text(coords[a.name]) for a in axes.axes()), digest])
 
 
-@dataclasses.dataclass(frozen=True)
 class SweepSpec:
-    """A grid of cells: the product of the axes below, applied on top of the base configs.
+    """A grid of cells: the product of its axes' values, applied on top of the base configs.
 
-    Blocks without a norm layer (rezero, no_norm) ignore `norms`: they get one cell with norm "none"
-    per point of the other axes instead of one identical cell per norm. `seeds` models per cell are
-    trained together (vmapped) from `train.seed`, `train.seed + 1`, ...; the sweep's own progress bar
-    replaces the per-cell `train.progress` flag, which is not part of a cell's identity.
+    One keyword per axis of jaxnorm.axes (`depths`, `blocks`, `norms`, `attentions`, `optimizers`, `clips`,
+    `lrs`: the values to sweep; a lone value or a list is taken as a tuple; the axis's default when left out),
+    plus `seeds`, models per cell trained together (vmapped) from `train.seed`, `train.seed + 1`, ...; and
+    the base `model`, `optim`, `train` and `probe` configs (the axes overwrite their own fields).
+
+    Blocks without a norm layer (rezero, no_norm) ignore `norms`: they get one cell with norm "none" per point
+    of the other axes instead of one identical cell per norm. The sweep's own progress bar replaces the
+    per-cell `train.progress` flag, which is not part of a cell's identity. Immutable, compared and hashed by
+    value; every field is validated on construction (and every cell's configs built), so a bad value fails here.
     """
 
-    depths: tuple[int, ...] = (2, 8, 24)       # L values
-    blocks: tuple[str, ...] = ("pre_ln",)     # residual/norm placements, from BLOCKS
-    norms: tuple[str, ...] = ("layernorm",)   # normalisation layers, from NORMS
-    attentions: tuple[str, ...] = ("dot",)    # attention forms, from ATTENTIONS
-    optimizers: tuple[str, ...] = ("adamw",)  # from OPTIMIZERS
-    clips: tuple[str, ...] = ("none",)        # "none" or "<kind>:<c>", kind from CLIPS (see parse_clip)
-    lrs: tuple[float, ...] = (1e-3,)          # peak learning rates (cells differing only in lr share a compile)
-    seeds: int = 1                            # models per cell (TrainConfig.seeds)
-    model: ModelConfig = ModelConfig()        # base model; depth/block/norm/attention come from the axes
-    optim: OptimConfig = OptimConfig()        # base optimizer; optimizer/clip/clip_value/lr from the axes
-    train: TrainConfig = TrainConfig()        # base training run; seeds from `seeds`
-    probe: ProbeConfig = ProbeConfig()        # which measurements are recorded
-
-    def __post_init__(self) -> None:
-        for name in AXES:  # lists from JSON or a notebook become tuples, so specs hash and compare
-            value = getattr(self, name)
-            if isinstance(value, (str, int, float)):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value))
+    def __init__(self, *, seeds: int = 1, model: ModelConfig = ModelConfig(), optim: OptimConfig = OptimConfig(),
+                 train: TrainConfig = TrainConfig(), probe: ProbeConfig = ProbeConfig(), **grid: Any) -> None:
+        unknown = sorted(set(grid) - set(axes.fields()))
+        if unknown:
+            known = sorted([*axes.fields(), "seeds", *BASES])
+            raise ConfigError(f"SweepSpec: unknown field(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        values = {a.field: grid.get(a.field, a.default) for a in axes.axes()}
+        for field, value in values.items():  # lists from JSON or a notebook become tuples, so specs hash and compare
+            lone = isinstance(value, (str, bytes)) or not isinstance(value, Iterable)
+            object.__setattr__(self, field, (value,) if lone else tuple(value))
+        object.__setattr__(self, "_fields", tuple(values))
+        object.__setattr__(self, "seeds", seeds)
+        for name, value in (("model", model), ("optim", optim), ("train", train), ("probe", probe)):
+            if not isinstance(value, BASES[name]):
+                raise ConfigError(f"SweepSpec.{name}: invalid value {value!r}; allowed: a {BASES[name].__name__}")
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "train", self.train.replace(progress=False))
-        for name, cls in (("model", ModelConfig), ("optim", OptimConfig), ("train", TrainConfig),
-                          ("probe", ProbeConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"SweepSpec.{name}: invalid value {getattr(self, name)!r}; allowed: a {cls.__name__}")
         self._check_axes()
-        for name in AXES:
-            object.__setattr__(self, name, merge_duplicates(name, getattr(self, name)))
+        for axis in axes.axes():
+            object.__setattr__(self, axis.field, merge_duplicates(axis.field, getattr(self, axis.field)))
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= LIMITS["seeds"]:
-            raise _bad("seeds", self.seeds, f"an integer >= 1 and <= {LIMITS['seeds']}")
+            raise spec_error("seeds", "--seeds", self.seeds, f"an integer >= 1 and <= {LIMITS['seeds']}")
         expand(self)  # builds (and so validates) every cell's configs
 
     def _check_axes(self) -> None:
-        registries = {"blocks": BLOCKS, "norms": NORMS, "attentions": ATTENTIONS, "optimizers": OPTIMIZERS}
-        for name in AXES:
-            values = getattr(self, name)
+        for axis in axes.axes():
+            values = getattr(self, axis.field)
             if not values:
-                raise _bad(name, values, "a non-empty list")
+                raise axis.error(values, "a non-empty list")
             for v in values:
-                if name == "depths" and (isinstance(v, bool) or not isinstance(v, int)
-                                         or not 1 <= v <= LIMITS["depth"]):
-                    raise _bad(name, v, f"integers >= 1 and <= {LIMITS['depth']}")
-                if name == "lrs" and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                      or not math.isfinite(v) or not FLOAT32_TINY <= v <= FLOAT32_MAX):
-                    raise _bad(name, v, f"numbers > 0 that float32 represents (>= {FLOAT32_TINY:.4g} "
-                                        f"and <= {FLOAT32_MAX:.4g})")
-                if name == "clips":
-                    parse_clip(v)
-                if name in registries and v not in registries[name]:
-                    raise _bad(name, v, ", ".join(registries[name]))
+                if not axis.valid(v):
+                    raise axis.error(v)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as keyword arguments (the axes in grid order, then seeds and the base configs)."""
+        return {**{f: getattr(self, f) for f in self._fields}, "seeds": self.seeds,
+                **{name: getattr(self, name) for name in BASES}}
 
     def replace(self, **changes: Any) -> "SweepSpec":
-        return dataclasses.replace(self, **changes)
+        return SweepSpec(**{**self.as_dict(), **changes})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r} of a SweepSpec")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SweepSpec) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.as_dict().items()))
+
+    def __repr__(self) -> str:
+        return f"SweepSpec({', '.join(f'{k}={v!r}' for k, v in self.as_dict().items())})"
 
     @property
     def num_cells(self) -> int:
         return len(expand(self))
 
 
-def merge_duplicates(axis: str, values: tuple) -> tuple:
-    """`values` without repeats, the first spelling kept: values equal after normalisation (a clip
-    `global_norm:1` and `global_norm:1.0`, learning rates 1e-3 and 0.001) would train identical cells."""
-    key = parse_clip if axis == "clips" else (float if axis == "lrs" else (lambda v: v))
+def merge_duplicates(field: str, values: tuple) -> tuple:
+    """`values` of the axis whose spec field is `field`, without repeats, the first spelling kept: values equal
+    after the axis's normalisation (a clip `global_norm:1` and `global_norm:1.0`, learning rates 1e-3 and 0.001)
+    would train identical cells."""
+    key = axes.by_field(field).same
     seen, kept = set(), []
     for v in values:
         if key(v) not in seen:
@@ -177,47 +158,50 @@ def merge_duplicates(axis: str, values: tuple) -> tuple:
 
 def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
     """The spec as plain JSON data (tuples become lists)."""
-    return json.loads(json.dumps(to_dict(spec)))
+    data = spec.as_dict()
+    data.update({name: to_dict(data[name]) for name in BASES})
+    return json.loads(json.dumps(data))
 
 
 def spec_from_dict(data: dict[str, Any]) -> SweepSpec:
     """Inverse of `spec_to_dict`; unknown keys are refused with the list of known ones."""
     data = dict(data)
-    for name, cls in (("model", ModelConfig), ("optim", OptimConfig), ("train", TrainConfig),
-                      ("probe", ProbeConfig)):
+    for name, cls in BASES.items():
         if name in data:
             data[name] = from_dict(cls, data[name])
-    return from_dict(SweepSpec, data)
+    return SweepSpec(**data)
 
 
-def _cell(spec: SweepSpec, depth: int, block: str, norm: str, attention: str, optimizer: str, clip: str,
-          lr: float) -> Cell:
-    clip_kind, clip_value = parse_clip(clip)
-    axes = dict(depth=depth, block=block, norm=norm, attention=attention, optimizer=optimizer, clip=clip,
-                lr=float(lr))
+def _cell(spec: SweepSpec, coords: dict[str, Any]) -> Cell:
+    """The cell at `coords` (axis name -> resolved value): each axis sets its config fields on the base configs."""
+    changes: dict[str, dict[str, Any]] = {name: {} for name in BASES}
+    for axis in axes.axes():
+        for part, fields in axis.sets(coords[axis.name]).items():
+            changes[part].update(fields)
     try:
-        model = task_model_config(spec.model.replace(depth=depth, block=block, norm=norm, attention=attention),
-                                  spec.train)
-        optim = spec.optim.replace(optimizer=optimizer, clip=clip_kind, clip_value=clip_value, lr=float(lr))
+        train = spec.train.replace(seeds=spec.seeds, progress=False, **changes["train"])
+        model = task_model_config(spec.model.replace(**changes["model"]), train)
+        optim = spec.optim.replace(**changes["optim"])
+        probe = spec.probe.replace(**changes["probe"])
     except ConfigError as e:
-        where = " ".join(f"{k}={v}" for k, v in axes.items())
+        where = " ".join(f"{k}={v}" for k, v in coords.items())
         raise ConfigError(f"{e} (task={spec.train.task}, cell {where})") from None
-    train = spec.train.replace(seeds=spec.seeds, progress=False)
-    configs = {"model": to_dict(model), "optim": to_dict(optim), "train": to_dict(train),
-               "probe": to_dict(spec.probe)}
-    return Cell(**axes, model=model, optim=optim, train=train, probe=spec.probe,
-                cell_id=make_cell_id(axes, configs))
+    configs = {"model": to_dict(model), "optim": to_dict(optim), "train": to_dict(train), "probe": to_dict(probe)}
+    return Cell(coords=tuple(coords.items()), model=model, optim=optim, train=train, probe=probe,
+                cell_id=make_cell_id(coords, configs))
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
-    """Every cell of the grid, in a fixed order: depth slowest, then block, norm, attention, optimizer,
-    clip, and lr fastest (neighbouring cells then share compiled programs)."""
+    """Every cell of the grid, in a fixed order: the first axis of jaxnorm.axes (depth) slowest, the last (lr)
+    fastest, so that neighbouring cells share compiled programs. Cells that resolve to the same configs (a
+    norm-free block under several norms) are one cell."""
     cells, seen = [], set()
-    for depth, block, norm, attention, optimizer, clip, lr in itertools.product(
-            *(getattr(spec, a) for a in AXES)):
-        if block in NORM_FREE_BLOCKS:
-            norm = "none"
-        cell = _cell(spec, depth, block, norm, attention, optimizer, clip, lr)
+    table = axes.axes()
+    for point in itertools.product(*(getattr(spec, a.field) for a in table)):
+        coords: dict[str, Any] = {}
+        for axis, value in zip(table, point):
+            coords[axis.name] = axis.resolve(value, coords)
+        cell = _cell(spec, coords)
         if cell.cell_id not in seen:
             seen.add(cell.cell_id)
             cells.append(cell)
@@ -242,14 +226,12 @@ def _quick() -> SweepSpec:
     Post-LN vs Pre-LN vs ReZero at depths 2, 8, 24 (d_model 32, 600 steps, adamw at one lr, 1e-2, 50
     warmup steps then cosine decay). Calibrated so that "trains" and "fails" look different: reversal is
     learnt in a sudden drop after a plateau near 20% token accuracy, which at lr 3e-3 even depth 2 had not
-    left by step 600, while at 1e-2 every cell that trains ends at ~100% accuracy with the loss near 0 (at depth
-    2 Pre-LN and Post-LN get there by step ~200, at depth 24 Pre-LN and ReZero by ~400). Measured: 5 min
-    52 s wall on a 2-core x86 CPU with an empty compilation cache, shared with other work (load average
-    ~5; the previous 180-step preset took 5 min 8 s on the quiet machine); most of it compiling (~20 s per
-    cell here), the training 98 s in all; a rerun or resumed sweep reuses JAX's persistent compilation
-    cache. Shows depth effects: Post-LN trains at depth 2 but stays near chance at depth 8 and at chance
-    loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the input (first/last
-    layer ratio ~1e-6), while Pre-LN and ReZero reach 100% at every depth. Add `--blocks
+    left by step 600, while at 1e-2 every cell that trains ends at ~100% accuracy with the loss near 0 (at
+    depth 2 Pre-LN and Post-LN get there by step ~200, at depth 24 Pre-LN and ReZero by ~400). Most of its
+    time is compiling, which a rerun or resumed sweep skips (JAX's persistent compilation cache); measured
+    times: benchmarks/presets.md. Shows depth effects: Post-LN trains at depth 2 but stays near chance at
+    depth 8 and at chance loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the
+    input (first/last layer ratio ~1e-6), while Pre-LN and ReZero reach 100% at every depth. Add `--blocks
     post_ln,pre_ln,deepnorm,rezero --optimizers adamw,rmsprop --clip none,global_norm:1.0` for the full
     small comparison (48 cells).
     """
@@ -270,8 +252,8 @@ def _paper() -> SweepSpec:
 
     Char-level LM (causal) on the built-in corpus, depths 2..128, the main norm placements with the
     causal-safe norms, four optimizers, with and without clipping, three learning rates (so
-    `results.lr_sensitivity` applies), 3 seeds: 2,688 cells. Expect ~15–40 s per cell on one H100
-    (most in depth ≥ 32), i.e. roughly a day on one GPU: split it with `--shard i/n` over machines.
+    `results.lr_sensitivity` applies), 3 seeds: 2,352 cells, most of the time in depths ≥ 32. Split it with
+    `--shard i/n` over machines (the time it takes: benchmarks/presets.md).
     Shows where in depth each placement loses gradient, which placements/optimizers diverge at which
     depth and learning rate, and how LR sensitivity grows with depth (Wortsman et al. 2023).
     """
@@ -296,10 +278,9 @@ def _init() -> SweepSpec:
     runs once, so compiling is nearly all the cost; the sweep therefore pads every cell to depth 64
     (jaxnorm.padding: the same results, up to float32 rounding) and the six depths of a block share one set
     of programs (compiled at XLA's lowest CPU backend level; `python scripts/bench_compile.py` splits them).
-    Measured end to end on a 2-core CPU with an empty compilation cache: 5 min 32 s.
-    For a look in about a minute, narrow the grid (`--blocks post_ln,pre_ln --depths 2,8,32`), or use the
-    explore notebook (gradient norms only, one program per block). Shows the per-layer gradient and Jacobian
-    profile each placement starts from.
+    Measured times: benchmarks/presets.md. For a quicker look, narrow the grid (`--blocks post_ln,pre_ln
+    --depths 2,8,32`), or use the explore notebook (gradient norms only, one program per block). Shows the
+    per-layer gradient and Jacobian profile each placement starts from.
     """
     return SweepSpec(
         depths=(2, 4, 8, 16, 32, 64), blocks=BLOCKS, norms=("layernorm",), attentions=("dot",),
@@ -314,7 +295,8 @@ PRESETS = {"quick": _quick, "paper": _paper, "init": _init}
 
 
 def preset(name: str) -> SweepSpec:
-    """The named preset's spec (see each preset's docstring for its command, runtime and what it shows)."""
+    """The named preset's spec (see each preset's docstring for its command and what it shows, and
+    benchmarks/presets.md for how long it takes)."""
     if name not in PRESETS:
         raise ConfigError(f"preset (--preset): invalid value {name!r}; allowed: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -240,7 +240,8 @@ def compile_times(depths: list[int], *, tiny: bool = False, repeats: int = 1, bl
 def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = False) -> list[dict]:
     """Cold lower and compile seconds of each program a block of `--preset init` (steps = 0) compiles, built
     the way `jaxnorm.trainer` builds them (its program cache and one-shot compiler options, the stack padded to
-    `depth`, jaxnorm.padding): where the ~8 s that every depth of one block shares go on a CPU."""
+    `depth`, jaxnorm.padding): where the compile time that every depth of one block shares goes (measured:
+    benchmarks/presets.md)."""
     spec = preset("init")
     model_cfg, train_cfg, probe_cfg = spec.model.replace(depth=depth, block=block), spec.train, spec.probe
     if tiny:

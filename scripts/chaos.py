@@ -1,6 +1,6 @@
 """Kill a tiny sweep again and again, damage its files between resumes, and check it still ends right.
 
-    python scripts/chaos.py --kills 30              # ~5 minutes on a 2-core CPU
+    python scripts/chaos.py --kills 30              # its run time: benchmarks/presets.md
     python scripts/chaos.py --kills 2 --tiny        # the test's version (2 cells)
 
 Runs the sweep once uninterrupted (the reference), then into a second directory: starts the same command,
