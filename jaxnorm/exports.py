@@ -25,8 +25,11 @@ FOLDER = "exports"
 
 
 def parse_sinks(value: Any) -> tuple[str, ...]:
-    """'tensorboard,wandb' (or a list of names) -> the sink names, checked; ValueError naming --log."""
-    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value or ())
+    """'tensorboard,wandb' (or a list of names; '' for none) -> the sink names, checked; ValueError naming --log."""
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",")] if value.strip() else []
+    else:
+        names = list(value or ())
     if not all(n in SINKS for n in names):
         raise ValueError(f"log (--log): invalid value {value!r}; allowed: comma-separated names from "
                          f"{', '.join(SINKS)}")
