@@ -17,7 +17,8 @@ writes every PNG; the per-figure functions take the data and return a matplotlib
 Model: `Model` (Flax NNX) and the functional core `init` / `apply`; a saved cell's model: `load_params`,
 `load_opt_state`. The residual stream's maps for `jax.jacfwd` / `jax.linearize`: `block_map`, `stack_map`,
 `stream` (`jaxnorm.maps`); what a run draws: `seed_keys`, `probe_tokens`, `probe_key` (`jaxnorm.run_inputs`).
-Outputs beside the run directory: `CellOutputs` (checkpoints, metric sinks, a mirror), `export_metrics`. The variant names are the tuples
+Outputs beside the run directory: `CellOutputs` (checkpoints, metric sinks, a mirror), `export_metrics`,
+`mirror_run_dir`. The variant names are the tuples
 `BLOCKS`, `NORMS`, `ATTENTIONS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `CLIPS`, `SCHEDULES`, `TASKS`.
 
 `import jaxnorm` is light: only the configs are imported eagerly; JAX, Flax, pandas and matplotlib are
@@ -63,6 +64,7 @@ _LAZY = {
     "preset": ("jaxnorm.sweep_spec", "preset"),
     "CellOutputs": ("jaxnorm.cell_outputs", "CellOutputs"),
     "export_metrics": ("jaxnorm.exports", "export"),
+    "mirror_run_dir": ("jaxnorm.mirror", "mirror"),
     # reading a run directory
     "load": ("jaxnorm.results", "load"),
     "load_layers": ("jaxnorm.results", "load_layers"),
@@ -92,7 +94,7 @@ __all__ = [
     "BLOCKS", "NORMS", "ATTENTIONS", "ACTIVATIONS", "INITS", "OPTIMIZERS", "CLIPS", "SCHEDULES", "TASKS",
     "Model", "init", "apply", "train", "resolve_config", "History", "run_sweep", "SweepSpec", "preset",
     "load_params", "load_opt_state", "block_map", "stack_map", "stream", "seed_keys", "probe_tokens", "probe_key",
-    "CellOutputs", "export_metrics",
+    "CellOutputs", "export_metrics", "mirror_run_dir",
     "load", "load_layers", "load_metrics", "lr_sensitivity", "cell_table", "trained",
     "draw_all", "LayerStore", "grad_profile", "act_grad_profile", "jacobian_profile", "jacobian_spectrum",
     "token_alignment", "loss_vs_depth", "stability_map", "loss_curves", "lr_sensitivity_curves", "logit_growth",
