@@ -113,3 +113,19 @@ def test_an_unfinished_cells_checkpoint_never_loads_and_is_replaced(saved, tmp_p
         jaxnorm.load_params(copy, cell_id, 0)
     assert checkpoints.save(path, h, "none") == []
     assert not (path / "checkpoints").exists() and not list(path.glob(".checkpoints.*"))
+
+
+def test_a_padded_cell_reloads_with_the_unpadded_models_logits(tmp_path):
+    """An init-only sweep pads every cell to the grid's largest depth (jaxnorm.padding): its checkpoint holds the
+    padded stack, which load_params rebuilds; the extra layers are the identity, so the logits are those of the
+    unpadded model the seed's init key gives."""
+    spec = SPEC.replace(depths=(1, 2), train=SPEC.train.replace(steps=0))
+    out = tmp_path / "run"
+    sweep_lib.run(spec, out, progress=False, outputs=CellOutputs(save_params="final"))
+    for cell in sweep_lib.expand(spec):
+        graphdef, params, rest = jaxnorm.load_params(out, cell.cell_id, 1)
+        assert json.loads((out / "cells" / cell.cell_id / "checkpoints" / "meta.json").read_text())["pad_to"] == 2
+        tokens = jaxnorm.probe_tokens(cell.train, cell.probe)
+        unpadded = jaxnorm.init(jaxnorm.resolve_config(cell.model, cell.train), jaxnorm.seed_keys(1)[0])
+        np.testing.assert_allclose(jaxnorm.apply(graphdef, params, rest, tokens, train=False)[0],
+                                   jaxnorm.apply(*unpadded, tokens, train=False)[0], rtol=1e-6, atol=1e-6)
