@@ -2,8 +2,10 @@
 
 `<out>/tensorboard/<cell_id>/seed<s>/events.out.tfevents.*`, one run per (cell, seed), so `tensorboard
 --logdir <out>/tensorboard` lists them by cell and seed. Scalars and histogram tags: `jaxnorm.sink_points`.
-Images: at each step with per-layer profiles, `profiles/gradients` (‖∂loss/∂θ_l‖ and ‖∂loss/∂x_l‖ against
-the layer) and `profiles/jacobian` (‖∂x_{l+1}/∂x_l‖₂ and ‖·‖_F/√dim), on a log axis (about 30 ms each).
+Images: `profiles` at each Jacobian probe step (the first and last profiled steps when the Jacobian probes are
+off), one figure of two panels against the layer (log10 of the values): the gradients ‖∂loss/∂θ_l‖ and
+‖∂loss/∂x_l‖, and the Jacobian norms ‖∂x_{l+1}/∂x_l‖₂ and ‖·‖_F/√dim. 0.1-0.15 s each on a shared 2-core CPU, so
+images are drawn at probe steps only (the quick preset: 8 per seed), not at every profiled step.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from jaxnorm.sink_points import SeedPoints, profile_histogram
 
 EXTRA = "tensorboard"
 FOLDER = "tensorboard"
-IMAGES = {"profiles/gradients": ("layers/grad_norm/all", "layers/act_grad_norm"),
-          "profiles/jacobian": ("layers/jac_spectral", "layers/jac_frobenius")}
+IMAGE_TAG = "profiles"
+PANELS = {"gradients": ("layers/grad_norm/all", "layers/act_grad_norm"),
+          "jacobian": ("layers/jac_spectral", "layers/jac_frobenius")}
 
 
 def _summary_writer():
@@ -34,16 +37,20 @@ def check_available() -> None:
     _summary_writer()
 
 
-def _profile_figure(tag: str, step: int, curves: dict[str, np.ndarray]):
+def _profile_figure(step: int, profiles: dict[str, np.ndarray]):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4, 3), dpi=80)
-    ax = fig.add_subplot()
-    for name, values in curves.items():
-        ax.plot(np.arange(len(values)), values, marker="o", label=name.removeprefix("layers/"))
-    ax.set(yscale="log", xlabel="layer", title=f"{tag.removeprefix('profiles/')} at step {step}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig = Figure(figsize=(7, 2.6), dpi=72)
+    for i, (panel, names) in enumerate(PANELS.items()):
+        ax = fig.add_subplot(1, len(PANELS), i + 1)
+        for name in names:
+            if name in profiles and np.all(profiles[name] > 0):  # a log axis: norms of zero are left out
+                values = np.log10(profiles[name])  # log10 on a linear axis: a log axis's ticks double the cost
+                ax.plot(np.arange(len(values)), values, marker="o", label=name.removeprefix("layers/"))
+        ax.set(xlabel="layer", ylabel="log10", title=f"{panel} at step {step}")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.18, top=0.88, wspace=0.25)  # tight_layout costs 0.2 s
     return fig
 
 
@@ -73,11 +80,9 @@ class Writer:
         by_step: dict[int, dict[str, np.ndarray]] = {}
         for tag, step, values in points.profiles:
             by_step.setdefault(step, {})[tag] = values
-        for step, profiles in sorted(by_step.items()):
-            for image_tag, names in IMAGES.items():
-                curves = {n: profiles[n] for n in names if n in profiles and np.all(profiles[n] > 0)}
-                if curves:
-                    w.add_figure(image_tag, _profile_figure(image_tag, step, curves), step, close=False)
+        probed = [t for t, profiles in sorted(by_step.items()) if "layers/jac_spectral" in profiles]
+        for step in probed or sorted({min(by_step), max(by_step)} if by_step else ()):
+            w.add_figure(IMAGE_TAG, _profile_figure(step, by_step[step]), step, close=False)
 
     def close(self) -> None:
         pass

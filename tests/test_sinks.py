@@ -93,8 +93,8 @@ def test_tensorboard_events_match_the_run_directory(run_dir):
                 profile = profile[:, 1] if name == "branch_ratio" else profile
                 assert list(h.histogram_value.bucket_limit) == [1.0, 2.0]  # bucket l = layer l
                 np.testing.assert_allclose(h.histogram_value.bucket, profile, rtol=1e-6)
-        assert set(acc.Tags()["images"]) == {"profiles/gradients", "profiles/jacobian"}
-        assert [i.step for i in acc.Images("profiles/jacobian")] == list(layers["jacobian_steps"])
+        assert acc.Tags()["images"] == ["profiles"]
+        assert [i.step for i in acc.Images("profiles")] == list(layers["jacobian_steps"])
 
 
 def test_wandb_offline_runs_match_the_run_directory(run_dir):
