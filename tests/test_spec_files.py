@@ -116,7 +116,8 @@ def test_help_shows_defaults_and_every_presets_contents(capsys):
         depth_sweep.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--weight-decay WEIGHT_DECAY decoupled weight decay" in text and "(default 0.01)" in text
-    assert "--steps STEPS optimizer steps per cell; 0 = gradients at initialisation only (default: the preset's)" in text
+    assert "--steps STEPS optimizer steps per cell; 0 = gradients at initialisation only " \
+           "(default: the preset's)" in text
     for name, make in PRESETS.items():
         spec = make()
         assert f"{name}: " in text and f"depths {','.join(map(str, spec.depths))}" in text
