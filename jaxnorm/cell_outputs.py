@@ -8,6 +8,7 @@ cells finished before keep what they had (a cell's checkpoints are written only 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,16 @@ class CellOutputs:
         return checkpoints.save(cell_dir, history, self.save_params, pad_to)
 
     def after_cell(self, out_dir: str | Path) -> None:
-        """Called after each finished cell (and at the end of a sweep): sinks, then the mirror."""
-        exports.export(out_dir, self.log)
-        if self.mirror is not None:
-            from jaxnorm.mirror import mirror
+        """Called after each finished cell (and at the end of a sweep): sinks, then the mirror. A failure (W&B
+        unreachable, a full or unmounted mirror) is one warning line, not the end of the sweep: the cells are
+        saved, and the next cell or a rerun sends what is missing."""
+        from jaxnorm.mirror import mirror
 
-            mirror(out_dir, self.mirror)
+        for what, step in (("--log", lambda: exports.export(out_dir, self.log)),
+                           ("--mirror", lambda: self.mirror is not None and mirror(out_dir, self.mirror))):
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 — whatever a sink or file system raises
+                reason = (str(e).splitlines() or [""])[0]
+                warnings.warn(f"{what}: {type(e).__name__}: {reason}; the cells are saved in {str(out_dir)!r}, "
+                              "and the next cell or a rerun of the command sends what is missing", stacklevel=2)

@@ -157,3 +157,12 @@ def test_missing_extra_and_bad_names_are_one_line(tmp_path, monkeypatch, capsys)
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and field in err, err
         assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_sink_is_a_warning_and_the_sweep_goes_on(run_dir, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("api.wandb.ai unreachable\nmore detail")
+
+    monkeypatch.setattr(exports, "export", unreachable)
+    with pytest.warns(UserWarning, match=r"^--log: ConnectionError: api.wandb.ai unreachable; the cells are saved"):
+        CellOutputs(log=("wandb",)).after_cell(run_dir)
