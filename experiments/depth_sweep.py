@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from experiments import sweep_options
 from jaxnorm import axes
 from jaxnorm.config import ACTIVATIONS, ADMIN_MODES, INITS, LIMITS, POSITIONS, SCHEDULES, TASKS, ConfigError
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--distributed", action="store_true",
       help="join a multi-host job first (jax.distributed.initialize(), which finds a TPU pod slice, SLURM, "
            "Open MPI or Kubernetes job by itself); each process runs its share of the cells on its own devices")
+    sweep_options.add_flags(p)  # research settings, outputs, spec files, --help's presets
     return p
 
 
@@ -197,7 +199,7 @@ def build_spec(args: argparse.Namespace):
 
     if args.preset not in PRESET_NAMES:
         raise _flag_error("--preset", args.preset, ", ".join(PRESET_NAMES))
-    spec = preset(args.preset)
+    spec = getattr(args, "base_spec", None) or preset(args.preset)  # --config of a sweep.json replaces the preset
     grid: dict[str, Any] = {}
     for axis in axes.axes():
         if (v := _axis_values(axis, getattr(args, axis.field))) is not None:
@@ -236,8 +238,9 @@ def build_spec(args: argparse.Namespace):
         train["task"] = args.task
     if args.text_file is not None:
         train["text_file"] = args.text_file
-    return spec.replace(**grid, train=spec.train.replace(**train), model=spec.model.replace(**model),
+    spec = spec.replace(**grid, train=spec.train.replace(**train), model=spec.model.replace(**model),
                         optim=spec.optim.replace(**optim), probe=spec.probe.replace(**probe))
+    return sweep_options.apply_flags(args, spec)
 
 
 class Terminated(KeyboardInterrupt):
@@ -283,23 +286,34 @@ def _default_out(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        expanded, base_spec = sweep_options.expand_config(argv, parser)  # --config FILE
+    except ValueError as e:
+        _die(str(e))
+    args = parser.parse_args(expanded)
+    args.base_spec = base_spec
     out = _default_out(args)
     _one_line_warnings()
     try:
         spec = build_spec(args)
+        if args.print_config:
+            print(sweep_options.print_config(spec))
+            return 0
+        outputs = sweep_options.outputs_from(args, out)
         shard = parse_shard(args.shard)
         use_cpu_devices(args.cpu_devices, spec.seeds)
         if args.distributed:
             join_distributed()
         from jaxnorm import sweep
         sweep.validate(spec, out, shard, allow_mixed=args.allow_mixed)
-    except ValueError as e:  # ConfigError, DataError: one line, nothing written
+    except (ValueError, ImportError) as e:  # ConfigError, DataError, a missing extra: one line, nothing written
         _die(str(e))
     previous, previous_hook = signal.signal(signal.SIGTERM, _on_sigterm), sys.unraisablehook
     sys.unraisablehook = _redeliver_lost_interrupts(previous_hook)
     try:
-        df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed)
+        df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed,
+                       outputs=outputs)
     except KeyboardInterrupt as e:
         return _interrupted(out, argv, terminated=isinstance(e, Terminated))
     except Exception as e:

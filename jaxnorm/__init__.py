@@ -14,7 +14,11 @@ Configs: `ModelConfig`, `OptimConfig`, `TrainConfig`, `ProbeConfig` (frozen, val
 Reading results: `load`, `load_layers`, `load_metrics`, `lr_sensitivity`, `cell_table` (seeds aggregated by
 the one rule of `jaxnorm.aggregate`), `trained` (`jaxnorm.outcome`). Figures: `draw_all(run_dir)`
 writes every PNG; the per-figure functions take the data and return a matplotlib Figure (or None).
-Model: `Model` (Flax NNX) and the functional core `init` / `apply`. The variant names are the tuples
+Model: `Model` (Flax NNX) and the functional core `init` / `apply`; a saved cell's model: `load_params`,
+`load_opt_state`. The residual stream's maps for `jax.jacfwd` / `jax.linearize`: `block_map`, `stack_map`,
+`stream` (`jaxnorm.maps`); what a run draws: `seed_keys`, `probe_tokens`, `probe_key` (`jaxnorm.run_inputs`).
+Outputs beside the run directory: `CellOutputs` (checkpoints, metric sinks, a mirror), `export_metrics`,
+`mirror_run_dir`. The variant names are the tuples
 `BLOCKS`, `NORMS`, `ATTENTIONS`, `ACTIVATIONS`, `INITS`, `OPTIMIZERS`, `CLIPS`, `SCHEDULES`, `TASKS`.
 
 `import jaxnorm` is light: only the configs are imported eagerly; JAX, Flax, pandas and matplotlib are
@@ -45,10 +49,22 @@ _LAZY = {
     "train": ("jaxnorm.trainer", "train"),
     "resolve_config": ("jaxnorm.trainer", "resolve_config"),
     "History": ("jaxnorm.history", "History"),
+    # research: a cell's saved model, the residual stream's maps, what a run draws
+    "load_params": ("jaxnorm.checkpoints", "load_params"),
+    "load_opt_state": ("jaxnorm.checkpoints", "load_opt_state"),
+    "block_map": ("jaxnorm.maps", "block_map"),
+    "stack_map": ("jaxnorm.maps", "stack_map"),
+    "stream": ("jaxnorm.maps", "stream"),
+    "seed_keys": ("jaxnorm.run_inputs", "seed_keys"),
+    "probe_tokens": ("jaxnorm.run_inputs", "probe_tokens"),
+    "probe_key": ("jaxnorm.run_inputs", "probe_key"),
     # sweeps
     "run_sweep": ("jaxnorm.sweep", "run"),
     "SweepSpec": ("jaxnorm.sweep_spec", "SweepSpec"),
     "preset": ("jaxnorm.sweep_spec", "preset"),
+    "CellOutputs": ("jaxnorm.cell_outputs", "CellOutputs"),
+    "export_metrics": ("jaxnorm.exports", "export"),
+    "mirror_run_dir": ("jaxnorm.mirror", "mirror"),
     # reading a run directory
     "load": ("jaxnorm.results", "load"),
     "load_layers": ("jaxnorm.results", "load_layers"),
@@ -77,6 +93,8 @@ __all__ = [
     "ModelConfig", "OptimConfig", "TrainConfig", "ProbeConfig", "ConfigError",
     "BLOCKS", "NORMS", "ATTENTIONS", "ACTIVATIONS", "INITS", "OPTIMIZERS", "CLIPS", "SCHEDULES", "TASKS",
     "Model", "init", "apply", "train", "resolve_config", "History", "run_sweep", "SweepSpec", "preset",
+    "load_params", "load_opt_state", "block_map", "stack_map", "stream", "seed_keys", "probe_tokens", "probe_key",
+    "CellOutputs", "export_metrics", "mirror_run_dir",
     "load", "load_layers", "load_metrics", "lr_sensitivity", "cell_table", "trained",
     "draw_all", "LayerStore", "grad_profile", "act_grad_profile", "jacobian_profile", "jacobian_spectrum",
     "token_alignment", "loss_vs_depth", "stability_map", "loss_curves", "lr_sensitivity_curves", "logit_growth",

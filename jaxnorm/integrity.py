@@ -1,6 +1,7 @@
 """Is a finished cell on disk what its run wrote? Cell ids, file manifests and the checks that read them.
 
-A finished cell's summary.json lists the size and sha256 of each of the cell's other files (`manifest`).
+A finished cell's summary.json lists the size and sha256 of each of the cell's other files (`manifest`):
+CELL_FILES, and the files a run wrote beside them (its checkpoints, `jaxnorm.checkpoints`).
 Resuming checks every finished cell in full (`verify_cell`: sizes, hashes, and that config.json hashes to
 the cell's id) and redoes a damaged one; reading results checks the cheap part (`read_summary` plus file
 sizes) on every load and the hash of a file when it reads that file. A cell id read from disk is never
@@ -20,6 +21,8 @@ from typing import Any
 CELL_FILES = ("config.json", "metrics.jsonl", "layers.npz")
 # sweep_spec.make_cell_id: readable axes joined by "-", then 8 hex digits of the configs' sha256.
 CELL_ID = re.compile(r"[A-Za-z0-9_.+-]{1,200}-[0-9a-f]{8}")
+# Names of the further files a manifest may list: relative paths inside the cell's checkpoints/ folder.
+EXTRA_FILE = re.compile(r"checkpoints(/[A-Za-z0-9_.+-]{1,200}){1,8}")
 
 
 class DamagedCell(ValueError):
@@ -51,9 +54,29 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def manifest(cell_dir: Path) -> dict[str, dict[str, Any]]:
-    """File name -> file_record for each of CELL_FILES, stored in summary.json."""
-    return {name: file_record(Path(cell_dir) / name) for name in CELL_FILES}
+def is_valid_extra_file(name: Any) -> bool:
+    """True for a name a manifest may list beside CELL_FILES: a path inside checkpoints/, without `..`."""
+    return (isinstance(name, str) and EXTRA_FILE.fullmatch(name) is not None
+            and not any(part.startswith(".") for part in name.split("/")))
+
+
+def manifest(cell_dir: Path, extra: tuple[str, ...] | list[str] = ()) -> dict[str, dict[str, Any]]:
+    """File name -> file_record for each of CELL_FILES and the `extra` files (relative paths), stored in
+    summary.json."""
+    for name in extra:
+        if not is_valid_extra_file(name):
+            raise ValueError(f"manifest: invalid file name {name!r}; allowed: a path inside checkpoints/")
+    return {name: file_record(Path(cell_dir) / name) for name in (*CELL_FILES, *extra)}
+
+
+def listed_files(summary: dict[str, Any]) -> list[str]:
+    """Every file a cell's summary.json vouches for: CELL_FILES, then the valid further names its manifest lists
+    (a name that could leave the cell's directory is DamagedCell, never a path)."""
+    extra = [n for n in (summary.get("files") or {}) if n not in CELL_FILES]
+    bad = [n for n in extra if not is_valid_extra_file(n)]
+    if bad:
+        raise DamagedCell(summary["cell_id"], "summary.json", f"lists a file outside the cell ({str(bad[0])[:80]!r})")
+    return [*CELL_FILES, *sorted(extra)]
 
 
 def read_summary(cell_dir: Path) -> dict[str, Any]:
@@ -103,19 +126,22 @@ def read_checked(cell_dir: Path, summary: dict[str, Any], name: str) -> bytes:
 def check_sizes(cell_dir: Path) -> dict[str, Any]:
     """The summary, after the cheap checks (summary valid, every file present with its size)."""
     summary = read_summary(cell_dir)
-    for name in CELL_FILES:
+    for name in listed_files(summary):
         check_file(cell_dir, summary, name)
     return summary
 
 
 def verify_cell(cell_dir: Path) -> dict[str, Any]:
-    """The summary, after the full check: every file's size and hash, and config.json hashes to the id."""
+    """The summary, after the full check: every listed file's size and hash, and config.json hashes to the id."""
     from jaxnorm.sweep_spec import make_cell_id
 
     summary = read_summary(cell_dir)
-    data = {name: read_checked(cell_dir, summary, name) for name in CELL_FILES}
+    for name in listed_files(summary):  # one file in memory at a time: checkpoints can be large
+        data = read_checked(cell_dir, summary, name)
+        if name == "config.json":
+            config_bytes = data
     try:
-        config = json.loads(data["config.json"])
+        config = json.loads(config_bytes)
         expected = make_cell_id(config["cell"], {k: config[k] for k in ("model", "optim", "train", "probe")})
     except (ValueError, KeyError, TypeError):
         raise DamagedCell(summary["cell_id"], "config.json", "is not a cell config") from None

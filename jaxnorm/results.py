@@ -156,6 +156,13 @@ def _metrics_rows(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]
         raise integrity.DamagedCell(summary["cell_id"], "metrics.jsonl", "is not JSON lines") from None
 
 
+def load_cell_metrics(run_dir: str | Path, cell_id: str) -> list[dict[str, Any]]:
+    """One finished cell's metrics.jsonl rows as dicts (step, seed, loss, ...; null for a non-finite number).
+    integrity.DamagedCell (one line) if the cell is unfinished or the file is missing or corrupt."""
+    path = check_run_dir(run_dir) / "cells" / integrity.check_cell_id(cell_id)
+    return _metrics_rows(Path(run_dir), integrity.read_summary(path))
+
+
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Every finished cell's metrics.jsonl rows (step, seed, loss, ...) with cell_id and axis columns (a cell
     whose metrics.jsonl is damaged is skipped with a warning).

@@ -5,6 +5,7 @@
 <out>/cells/<cell_id>/config.json   {"cell": axes, "model", "optim", "train", "probe"}
 <out>/cells/<cell_id>/metrics.jsonl one object per (logged step, seed)
 <out>/cells/<cell_id>/layers.npz    History.layers / jacobian / eval arrays
+<out>/cells/<cell_id>/checkpoints/  with --save-params: each seed's parameters (jaxnorm.checkpoints)
 <out>/cells/<cell_id>/summary.json  written last: its presence means the cell is done
 <out>/results.csv                   one row per (cell, seed), rebuilt from the summaries of sweep.json's cells
 <out>/.locks/<cell_id>.lock         held (flock) by the process training that cell
@@ -386,13 +387,14 @@ def summarize(h: History, cell: Cell, wall_s: float) -> dict[str, Any]:
     })
 
 
-def write_cell(path: Path, cell: Cell, h: History, wall_s: float) -> dict[str, Any]:
-    """Write metrics.jsonl, layers.npz, then (last) summary.json with their sizes and hashes; returns the
-    summary."""
+def write_cell(path: Path, cell: Cell, h: History, wall_s: float,
+               extra_files: list[str] | tuple = ()) -> dict[str, Any]:
+    """Write metrics.jsonl, layers.npz, then (last) summary.json with their sizes and hashes, and those of
+    `extra_files` (relative paths the caller wrote into the cell first: its checkpoints); returns the summary."""
     rows = metrics_rows(h)
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows)
     atomic_write_bytes(path / "metrics.jsonl", text.encode())
     atomic_save_npz(path / "layers.npz", layer_arrays(h))
-    summary = dict(summarize(h, cell, wall_s), files=manifest(path), setting=run_setting())
+    summary = dict(summarize(h, cell, wall_s), files=manifest(path, extra_files), setting=run_setting())
     atomic_write_json(path / "summary.json", summary)
     return summary

@@ -118,20 +118,21 @@ def cell_problem(out_dir: Path, cell_id: str) -> str | None:
     return None
 
 
-def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = None) -> dict:
+def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = None, outputs=None) -> dict:
     """Train one cell and write its files (config.json first, summary.json last); returns the summary.
     `pad_to`: see `jaxnorm.trainer` (the same results, programs shared across depths). The caller holds the
-    cell's lock (rundir.claim_cell)."""
+    cell's lock (rundir.claim_cell). `outputs`: a jaxnorm.cell_outputs.CellOutputs (checkpoints, sinks)."""
     rundir.write_config(path, cell)
     from jaxnorm.trainer import train
 
     t0 = time.perf_counter()
     history = train(cell.model, cell.optim, cell.train.replace(progress=progress), cell.probe,
-                    desc=cell.cell_id, pad_to=pad_to)
-    return rundir.write_cell(path, cell, history, time.perf_counter() - t0)
+                    desc=cell.cell_id, pad_to=pad_to, keep_init=outputs is not None and outputs.keep_init)
+    extra = outputs.before_summary(path, history) if outputs is not None else []
+    return rundir.write_cell(path, cell, history, time.perf_counter() - t0, extra)
 
 
-def run_claimed(cell: Cell, out_dir: Path, *, wait: bool, progress: bool, pad_to: int | None) -> bool:
+def run_claimed(cell: Cell, out_dir: Path, *, wait: bool, progress: bool, pad_to: int | None, outputs=None) -> bool:
     """Train `cell` unless another process is training it (False, when not `wait`) or has finished it.
     Under the cell's lock, so of several processes sharing a run directory exactly one trains each cell; a
     damaged cell's summary.json goes first, so that an interruption leaves it unfinished, not damaged."""
@@ -141,7 +142,7 @@ def run_claimed(cell: Cell, out_dir: Path, *, wait: bool, progress: bool, pad_to
         if cell_problem(out_dir, cell.cell_id) is not None:
             path = rundir.cell_dir(out_dir, cell.cell_id)
             (path / "summary.json").unlink(missing_ok=True)
-            run_cell(cell, path, progress=progress, pad_to=pad_to)
+            run_cell(cell, path, progress=progress, pad_to=pad_to, outputs=outputs)
     return True
 
 
@@ -213,14 +214,15 @@ def todo_cells(out_dir: Path, mine: list[Cell]) -> list[Cell]:
 
 
 def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
-        progress: bool = True, allow_mixed: bool = False) -> pd.DataFrame:
+        progress: bool = True, allow_mixed: bool = False, outputs=None) -> pd.DataFrame:
     """Run this shard's unfinished cells of `spec` into `out_dir`; returns `results.load(out_dir)`.
 
     KeyboardInterrupt stops after the cells that finished (results.csv is rebuilt first) and propagates;
     running the same call again resumes, redoing any cell whose files were damaged. Several processes may
     run the same spec into one directory at once: each cell is trained by one of them (rundir.claim_cell).
     ConfigError if the directory holds another spec or cells run under another setting (unless
-    `allow_mixed`); ReportError if only the figures or report failed.
+    `allow_mixed`); ReportError if only the figures or report failed. `outputs`: a
+    jaxnorm.cell_outputs.CellOutputs (checkpoints, metric sinks, a mirror), applied after each cell.
     """
     import jax
     from tqdm.auto import tqdm
@@ -229,6 +231,8 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
 
     out_dir = Path(out_dir)
     cells = validate(spec, out_dir, shard, allow_mixed=allow_mixed)
+    if outputs is not None:
+        outputs.check(out_dir)
     i, n = shard
     process, processes = jax.process_index(), jax.process_count()
     mine = cells[i::n][process::processes]
@@ -251,9 +255,11 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
         for wait, queue in ((False, todo), (True, busy)):
             for cell in queue:
                 bar.set_postfix_str(cell.cell_id)
-                if run_claimed(cell, out_dir, wait=wait, progress=progress, pad_to=pad_to):
+                if run_claimed(cell, out_dir, wait=wait, progress=progress, pad_to=pad_to, outputs=outputs):
                     bar.update()
                     rebuild_results(out_dir)
+                    if outputs is not None:
+                        outputs.after_cell(out_dir)
                 else:
                     busy.append(cell)
     finally:
@@ -266,4 +272,6 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
             return results.load(out_dir)
         rebuild_results(out_dir)
     _figures_and_report(out_dir)
+    if outputs is not None:
+        outputs.after_cell(out_dir)
     return results.load(out_dir)
