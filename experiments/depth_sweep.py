@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
            "git commit); the report then lists which cells ran how")
     a("--shard", default="0/1", help="i/n: run cells i, i+n, i+2n, ... so n machines share one --out")
     a("--no-progress", action="store_true", help="no progress bars")
+    a("--pack", default="auto",
+      help="runs (seeds of cells differing only in learning rate, weight decay, clip threshold or seed) trained "
+           "side by side in one program: an integer >= 1, or auto (default: 16 on a CPU, as many as fit in an "
+           "accelerator's memory)")
+    a("--no-share", action="store_true",
+      help="compile one set of programs per cell instead of sharing them across depths and packing cells (the "
+           "same results, slower; for measuring what sharing saves)")
     a("--cpu-devices", default="auto",
       help="split the CPU into N JAX devices so that a cell's seeds run side by side (no effect on GPU/TPU); "
            "auto = the largest divisor of --seeds up to the core count (default auto; 1 = one device)")
@@ -302,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         outputs = sweep_options.outputs_from(args, out)
         shard = parse_shard(args.shard)
+        pack = None if args.pack == "auto" else _int("--pack", args.pack, 1, None)
         use_cpu_devices(args.cpu_devices, spec.seeds)
         if args.distributed:
             join_distributed()
@@ -313,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.unraisablehook = _redeliver_lost_interrupts(previous_hook)
     try:
         df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed,
-                       outputs=outputs)
+                       outputs=outputs, share=not args.no_share, pack=pack)
     except KeyboardInterrupt as e:
         return _interrupted(out, argv, terminated=isinstance(e, Terminated))
     except Exception as e:
@@ -327,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_div = int(df["diverged"].sum()) if len(df) else 0
     print(f"{df.cell_id.nunique() if len(df) else 0} cells, {len(df)} runs, {n_div} diverged -> {out}/results.csv")
     print(where_to_look(Path(out)))
+    if "time" in df.attrs:  # where this run's time went
+        print(df.attrs["time"])
     return 0
 
 

@@ -61,32 +61,29 @@ def check_train_configs(trains: Sequence[TrainConfig]) -> None:
 
 
 def packs(cells: Sequence[Any], width: int, *, share_depth: bool) -> list[list[Any]]:
-    """`cells` (jaxnorm.sweep_spec.Cell) split into packs of cells with one pack key and one clip kind,
-    at most `width` runs each (a cell with more seeds than `width` is a pack of its own), in the cells'
-    order of first appearance. With `share_depth`, each pack holds cells of one depth (the active depth is
-    one argument per program call)."""
-    groups: dict[Hashable, list[Any]] = {}
+    """`cells` (jaxnorm.sweep_spec.Cell) split into packs of cells with one pack key, one depth and one clip
+    kind (besides none), at most `width` runs each (a cell with more seeds than `width` is a pack of its own).
+    Packs of one model structure come out adjacent (they reuse its programs), in the cells' order of first
+    appearance otherwise."""
+    groups: dict[Hashable, dict[int, dict[str, list[Any]]]] = {}
     for c in cells:
-        key = (pack_key(c.model, c.optim, c.train, c.probe, share_depth=share_depth), c.model.depth)
-        groups.setdefault(key, []).append(c)
+        key = pack_key(c.model, c.optim, c.train, c.probe, share_depth=share_depth)
+        groups.setdefault(key, {}).setdefault(c.model.depth, {}).setdefault(c.optim.clip, []).append(c)
     out: list[list[Any]] = []
-    for group in groups.values():
-        # A pack mixes "none" with at most one other kind: split by kind, then put the unclipped cells
-        # with the first clipping kind.
-        by_kind: dict[str, list[Any]] = {}
-        for c in group:
-            by_kind.setdefault(c.optim.clip, []).append(c)
-        kinds = [k for k in by_kind if k != "none"]
-        if "none" in by_kind and kinds:
-            by_kind[kinds[0]] = by_kind.pop("none") + by_kind[kinds[0]]
-        for members in by_kind.values():
-            pack: list[Any] = []
-            for c in members:
-                if pack and sum(m.train.seeds for m in pack) + c.train.seeds > width:
-                    out.append(pack)
-                    pack = []
-                pack.append(c)
-            out.append(pack)
+    for by_depth in groups.values():
+        for by_kind in by_depth.values():
+            # A pack mixes "none" with at most one other kind: the unclipped cells join the first such kind.
+            kinds = [k for k in by_kind if k != "none"]
+            if "none" in by_kind and kinds:
+                by_kind[kinds[0]] = by_kind.pop("none") + by_kind[kinds[0]]
+            for members in by_kind.values():
+                pack: list[Any] = []
+                for c in members:
+                    if pack and sum(m.train.seeds for m in pack) + c.train.seeds > width:
+                        out.append(pack)
+                        pack = []
+                    pack.append(c)
+                out.append(pack)
     return out
 
 

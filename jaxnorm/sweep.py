@@ -19,12 +19,12 @@ once every process has finished. The spec, the cell layout and what each file ho
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from jaxnorm import budget, integrity, rundir
@@ -33,6 +33,8 @@ from jaxnorm.sweep_spec import PRESETS, Cell, SweepSpec, check_data, expand, par
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from jaxnorm.time_split import TimeSplit
 
 # JAX, pandas and the training code are imported where they are used, so that `validate` (the command
 # line's checks of a spec) answers a bad flag in a fraction of a second instead of after loading JAX.
@@ -122,28 +124,47 @@ def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = Non
     """Train one cell and write its files (config.json first, summary.json last); returns the summary.
     `pad_to`: see `jaxnorm.trainer` (the same results, programs shared across depths). The caller holds the
     cell's lock (rundir.claim_cell). `outputs`: a jaxnorm.cell_outputs.CellOutputs (checkpoints, sinks)."""
-    rundir.write_config(path, cell)
-    from jaxnorm.trainer import train
+    return run_pack([cell], out_dir=path.parent.parent, progress=progress, pad_to=pad_to, outputs=outputs)[0]
 
+
+def run_pack(cells: list[Cell], out_dir: Path, *, progress: bool, pad_to: int | None = None, outputs=None,
+             split: TimeSplit | None = None) -> list[dict]:
+    """Train `cells` (one pack: jaxnorm.packing) side by side and write each one's files as if it had run
+    alone (config.json first, summary.json last); returns their summaries. The caller holds their locks.
+    A cell's recorded wall time is its share of the pack's."""
+    from jaxnorm.trainer import train_pack
+
+    paths = [rundir.cell_dir(out_dir, c.cell_id) for c in cells]
+    for cell, path in zip(cells, paths):
+        (path / "summary.json").unlink(missing_ok=True)  # a damaged cell: unfinished, not damaged, if stopped
+        rundir.write_config(path, cell)
     t0 = time.perf_counter()
-    history = train(cell.model, cell.optim, cell.train.replace(progress=progress), cell.probe,
-                    desc=cell.cell_id, pad_to=pad_to, keep_init=outputs is not None and outputs.keep_init)
-    extra = outputs.before_summary(path, history) if outputs is not None else []
-    return rundir.write_cell(path, cell, history, time.perf_counter() - t0, extra)
+    members = [(c.optim, c.train.replace(progress=progress)) for c in cells]
+    desc = cells[0].cell_id if len(cells) == 1 else f"{cells[0].cell_id} +{len(cells) - 1} packed"
+    histories = train_pack(cells[0].model, members, cells[0].probe, desc=desc, pad_to=pad_to,
+                           keep_init=outputs is not None and outputs.keep_init)
+    share = (time.perf_counter() - t0) / len(cells)
+    summaries = []
+    with split.part("writing") if split is not None else contextlib.nullcontext():
+        for cell, path, history in zip(cells, paths, histories):
+            extra = outputs.before_summary(path, history) if outputs is not None else []
+            summaries.append(rundir.write_cell(path, cell, history, share, extra))
+    return summaries
 
 
-def run_claimed(cell: Cell, out_dir: Path, *, wait: bool, progress: bool, pad_to: int | None, outputs=None) -> bool:
-    """Train `cell` unless another process is training it (False, when not `wait`) or has finished it.
-    Under the cell's lock, so of several processes sharing a run directory exactly one trains each cell; a
-    damaged cell's summary.json goes first, so that an interruption leaves it unfinished, not damaged."""
-    with rundir.claim_cell(out_dir, cell.cell_id, wait=wait) as claimed:
-        if not claimed:
-            return False
-        if cell_problem(out_dir, cell.cell_id) is not None:
-            path = rundir.cell_dir(out_dir, cell.cell_id)
-            (path / "summary.json").unlink(missing_ok=True)
-            run_cell(cell, path, progress=progress, pad_to=pad_to, outputs=outputs)
-    return True
+def run_claimed(pack: list[Cell], out_dir: Path, *, wait: bool, progress: bool, pad_to: int | None, outputs=None,
+                split: TimeSplit | None = None) -> list[Cell]:
+    """Train the cells of `pack` that need it, unless another process is training them; returns those
+    another process holds (empty when `wait`). Under each cell's lock, so of several processes sharing a run
+    directory exactly one trains each cell."""
+    with contextlib.ExitStack() as locks:
+        mine, others = [], []
+        for cell in pack:
+            (mine if locks.enter_context(rundir.claim_cell(out_dir, cell.cell_id, wait=wait)) else others).append(cell)
+        todo = [c for c in mine if cell_problem(out_dir, c.cell_id) is not None]
+        if todo:
+            run_pack(todo, out_dir, progress=progress, pad_to=pad_to, outputs=outputs, split=split)
+    return others
 
 
 def rebuild_results(out_dir: str | Path) -> pd.DataFrame:
@@ -180,24 +201,21 @@ def remove_dead_temps(out_dir: Path) -> None:
             rundir.remove_dead_temps(d)
 
 
-def init_profile_depth(spec: SweepSpec) -> int | None:
-    """The depth every cell is padded to when the sweep measures initialisation only (steps = 0), else None.
-
-    Such a cell runs each of its programs once, so compiling is nearly all it costs; padded to the grid's
-    largest depth (jaxnorm.padding), the cells of one block at every depth share one set of programs (the
-    `init` preset's time with and without: benchmarks/presets.md). Training cells are not padded: padded
-    layers cost compute on every step."""
-    return max(spec.depths) if spec.train.steps == 0 and len(spec.depths) > 1 else None
+def shared_depth(spec: SweepSpec, share: bool = True) -> int | None:
+    """The depth every cell is padded to: the grid's largest, so that the cells of one model structure at
+    every depth share one set of compiled programs (jaxnorm.padding: the same results, the inactive layers
+    skipped). None when the grid has one depth, or with `share` False (one set of programs per cell, kept to
+    measure what sharing saves: scripts/bench_sweep.py)."""
+    return max(spec.depths) if share and len(spec.depths) > 1 else None
 
 
-def grouped_across_depths(cells: list[Cell]) -> list[Cell]:
-    """`cells` reordered so that those differing only in depth (or learning rate) are adjacent, keeping the
-    grid's order otherwise: padded cells then reuse the few cached programs (`jaxnorm.programs`)."""
-    first: dict[tuple, int] = {}
-    key = lambda c: tuple(v for k, v in c.coords if k not in ("depth", "lr"))  # noqa: E731 (every other axis)
-    for c in cells:
-        first.setdefault(key(c), len(first))
-    return sorted(cells, key=lambda c: first[key(c)])
+def pack_cells(cells: list[Cell], *, share: bool = True, pack: int | None = None) -> list[list[Cell]]:
+    """`cells` in packs trained side by side (jaxnorm.packing), packs of one model structure adjacent so that
+    they reuse its programs; `pack`: runs per pack (None: the device's default; 1 with `share` False)."""
+    from jaxnorm import packing
+
+    width = (pack or packing.default_width(cells)) if share else 1
+    return packing.packs(cells, width, share_depth=share)
 
 
 def todo_cells(out_dir: Path, mine: list[Cell]) -> list[Cell]:
@@ -214,7 +232,8 @@ def todo_cells(out_dir: Path, mine: list[Cell]) -> list[Cell]:
 
 
 def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
-        progress: bool = True, allow_mixed: bool = False, outputs=None) -> pd.DataFrame:
+        progress: bool = True, allow_mixed: bool = False, outputs=None, share: bool = True,
+        pack: int | None = None) -> pd.DataFrame:
     """Run this shard's unfinished cells of `spec` into `out_dir`; returns `results.load(out_dir)`.
 
     KeyboardInterrupt stops after the cells that finished (results.csv is rebuilt first) and propagates;
@@ -223,6 +242,10 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
     ConfigError if the directory holds another spec or cells run under another setting (unless
     `allow_mixed`); ReportError if only the figures or report failed. `outputs`: a
     jaxnorm.cell_outputs.CellOutputs (checkpoints, metric sinks, a mirror), applied after each cell.
+    `share`: cells of every depth share compiled programs and cells differing only in learning rate, weight
+    decay, clip threshold or seeds train packed, `pack` runs at most (None: chosen for the device); False
+    compiles one set of programs per cell (the same results; for measuring what sharing saves). The returned
+    frame's `attrs["time"]` says where this call's time went (compiling, running, writing, figures).
     """
     import jax
     from tqdm.auto import tqdm
@@ -242,26 +265,31 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
     (out_dir / "cells").mkdir(exist_ok=True)
     remove_dead_temps(out_dir)
     todo = todo_cells(out_dir, mine)
-    pad_to = init_profile_depth(spec)
-    if pad_to is not None:
-        todo = grouped_across_depths(todo)
+    if pack is not None and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
+        raise ConfigError(f"pack (--pack): invalid value {pack!r}; allowed: an integer >= 1")
+    from jaxnorm.time_split import TimeSplit
+
+    split = TimeSplit()
+    pad_to = shared_depth(spec, share)
+    packs = pack_cells(todo, share=share, pack=pack)
     if progress:
         where = f"shard {i}/{n}" + (f", process {process}/{processes}" if processes > 1 else "")
         print(f"sweep: {len(cells)} cells, {where}: {len(mine)} cells, {len(mine) - len(todo)} already "
-              f"done, {len(todo)} to run -> {out_dir}", file=sys.stderr)
+              f"done, {len(todo)} to run in {len(packs)} packs -> {out_dir}", file=sys.stderr)
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
     try:
-        busy = []  # cells another process is training: waited for at the end, trained if it died
-        for wait, queue in ((False, todo), (True, busy)):
-            for cell in queue:
-                bar.set_postfix_str(cell.cell_id)
-                if run_claimed(cell, out_dir, wait=wait, progress=progress, pad_to=pad_to, outputs=outputs):
-                    bar.update()
+        busy: list[Cell] = []  # cells another process is training: waited for at the end, trained if it died
+        for wait, queue in ((False, packs), (True, [[c] for c in busy])):
+            for group in queue:
+                bar.set_postfix_str(group[0].cell_id + (f" +{len(group) - 1}" if len(group) > 1 else ""))
+                others = run_claimed(group, out_dir, wait=wait, progress=progress, pad_to=pad_to, outputs=outputs,
+                                     split=split)
+                busy.extend(others)
+                bar.update(len(group) - len(others))
+                with split.part("writing"):
                     rebuild_results(out_dir)
                     if outputs is not None:
                         outputs.after_cell(out_dir)
-                else:
-                    busy.append(cell)
     finally:
         bar.close()
         rebuild_results(out_dir)  # also on KeyboardInterrupt: results.csv reflects every finished cell
@@ -271,7 +299,10 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
         if process != 0:
             return results.load(out_dir)
         rebuild_results(out_dir)
-    _figures_and_report(out_dir)
+    with split.part("figures"):
+        _figures_and_report(out_dir)
     if outputs is not None:
         outputs.after_cell(out_dir)
-    return results.load(out_dir)
+    df = results.load(out_dir)
+    df.attrs["time"] = split.line()  # the command line prints it last
+    return df

@@ -15,7 +15,7 @@ from jaxnorm import trainer as train_lib
 from jaxnorm.config import BLOCKS, ConfigError, ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 from jaxnorm.padding import PaddedModelConfig, padded_config, unpad_layers
 from jaxnorm.paths import path_names
-from jaxnorm.sweep import grouped_across_depths, init_profile_depth
+from jaxnorm.sweep import pack_cells, shared_depth
 from jaxnorm.sweep_spec import expand, preset
 
 TINY = ModelConfig(depth=2, d_model=8, num_heads=2, d_ff=16, vocab_size=7, max_len=6)
@@ -130,11 +130,11 @@ def test_unpad_layers_cuts_only_layer_axes():
     assert cut["jac_singular_values"].shape == (2, 3, 6)  # all singular values of one matrix: no layer axis
 
 
-def test_init_sweeps_pad_to_their_largest_depth_and_group_cells_by_block():
+def test_sweeps_pad_to_their_largest_depth_and_order_packs_by_structure():
     spec = preset("init")
-    assert init_profile_depth(spec) == 64
-    assert init_profile_depth(preset("quick")) is None  # training cells are never padded
-    assert init_profile_depth(spec.replace(depths=(8,))) is None
+    assert shared_depth(spec) == 64 and shared_depth(preset("quick")) == 24
+    assert shared_depth(spec.replace(depths=(8,))) is None and shared_depth(spec, share=False) is None
     cells = expand(spec.replace(depths=(2, 8, 4), blocks=("post_ln", "pre_ln", "rezero")))
-    order = [(c.block, c.depth) for c in grouped_across_depths(cells)]
+    order = [(c.block, c.depth) for p in pack_cells(cells, pack=4) for c in p]
     assert order == [(b, d) for b in ("post_ln", "pre_ln", "rezero") for d in (2, 8, 4)]
+    assert all(len(p) == 1 for p in pack_cells(cells, share=False))
