@@ -77,8 +77,10 @@ class Encoder(nnx.Module):
             if active_depth is None:
                 return run(x, params_l, rest_l, index)
             # An unbatched predicate (the layer index and the active depth are the same for every seed), so
-            # under vmap this stays a branch: an inactive layer costs nothing, and reverse mode is exact.
-            return jax.lax.cond(index < active_depth, run, skip, x, params_l, rest_l, index)
+            # under vmap this stays a branch: an inactive layer computes nothing, and reverse mode is exact.
+            # The taken branch is rematerialised: differentiating a cond makes the skipped branch fill the
+            # other branch's saved activations with zeros, and with remat those are only its inputs.
+            return jax.lax.cond(index < active_depth, jax.checkpoint(run), skip, x, params_l, rest_l, index)
 
         if self.remat:
             layer = jax.checkpoint(layer)
