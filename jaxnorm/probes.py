@@ -143,13 +143,14 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
 
 # --- the residual stream and its Jacobians ------------------------------------------------------------
 
-def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array
-                    ) -> tuple[jax.Array, jax.Array, Callable, Any]:
+def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array,
+                    active_depth: jax.Array | None = None) -> tuple[jax.Array, jax.Array, Callable, Any]:
     """Eval-mode stream: (x_0, inputs x_LxBxTxD of every layer, block_fn, stacked block state).
 
     `block_fn(state_l, x)` = block_l(x)[0] is the map x_l ↦ x_{l+1} whose Jacobian the probes measure;
     `state_l` is layer l's slice of the stacked state (its block state and its index l).
-    The zero deltas of the train step are omitted: adding zero does not change the map."""
+    The zero deltas of the train step are omitted: adding zero does not change the map. `active_depth`: a
+    padded model's (unbatched), so the layers from it on are skipped (`skipping`), not computed as identities."""
     model = nnx.merge(graphdef, params, rest)
     x0_BxTxD = model.embed(tokens_BxT)
     block_graphdef, stacked = nnx.split(model.encoder.blocks)
@@ -160,6 +161,7 @@ def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: 
         params_l, index = state_l
         return nnx.merge(block_graphdef, params_l)(x_BxTxD, train=False, layer=index)[0]
 
+    block_fn = skipping(block_fn, active_depth)
     _, xs_LxBxTxD = jax.lax.scan(lambda x, s: (block_fn(s, x), x), x0_BxTxD, block_state)
     return x0_BxTxD, xs_LxBxTxD, block_fn, block_state
 
@@ -238,6 +240,13 @@ def hutchinson_frobenius(jvp: Callable, probes_NxBxTxD: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.mean(sq_N) / probes_NxBxTxD[0].size)
 
 
+def skipping(block_fn: Callable, active_depth: jax.Array | None) -> Callable:
+    """`block_fn` that is the identity, computing nothing, at layers ≥ `active_depth` (None: unchanged)."""
+    if active_depth is None:
+        return block_fn
+    return lambda state_l, x: jax.lax.cond(state_l[1] < active_depth, block_fn, lambda s, x: x, state_l, x)
+
+
 def end_to_end_map(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array
                    ) -> tuple[Callable, jax.Array]:
     """(x_0 ↦ x_L through the scanned stack in eval mode, x_0 of the probe batch)."""
@@ -270,7 +279,7 @@ def end_to_end_jacobian_dense(graphdef: nnx.GraphDef, params: Any, rest: Any, to
 
 
 def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array, key: jax.Array,
-                   cfg: ProbeConfig, unroll: int = 1) -> dict[str, jax.Array]:
+                   cfg: ProbeConfig, unroll: int = 1, active_depth: jax.Array | None = None) -> dict[str, jax.Array]:
     """Jacobian probes of one seed at the eval-mode residual stream of the probe batch; `unroll`: layers per
     iteration of the end-to-end scans (a speed choice, `end_to_end_unroll`).
 
@@ -285,7 +294,8 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
     """
     out: dict[str, jax.Array] = {}
     if cfg.jacobian:
-        x0_BxTxD, xs_LxBxTxD, block_fn, block_state = residual_stream(graphdef, params, rest, tokens_BxT)
+        x0_BxTxD, xs_LxBxTxD, block_fn, block_state = residual_stream(graphdef, params, rest, tokens_BxT,
+                                                                      active_depth)
         L, N = xs_LxBxTxD.shape[0], cfg.hutchinson_samples
         # Every random vector from one draw (threefry is slow to compile on CPU): Gaussian power-iteration
         # starts (never orthogonal to the top singular vector, unlike a ±1 start can be), and Rademacher
@@ -303,8 +313,14 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
             return (spectral_norm(jvp, vjp, v0_BxTxD, cfg.power_iters),
                     hutchinson_frobenius(jvp, signs_NxBxTxD))
 
-        out["jac_spectral"], out["jac_frobenius"] = jax.vmap(one_layer)(
-            block_state, xs_LxBxTxD, starts_LxBxTxD, signs_LxNxBxTxD)
+        per_layer_in = (block_state, xs_LxBxTxD, starts_LxBxTxD, signs_LxNxBxTxD)
+        if active_depth is None:
+            out["jac_spectral"], out["jac_frobenius"] = jax.vmap(one_layer)(*per_layer_in)
+        else:  # a padded model: one layer at a time, the inactive ones skipped (zeros, cut away by padding)
+            zero = jnp.zeros((), jnp.float32)
+            out["jac_spectral"], out["jac_frobenius"] = jax.lax.map(
+                lambda a: jax.lax.cond(a[0][1] < active_depth, lambda a: one_layer(*a), lambda a: (zero, zero), a),
+                per_layer_in)
         jvp, vjp = _linearized(_stack_fn(block_fn, block_state, unroll), x0_BxTxD)
         out["jac_end_to_end"] = spectral_norm(jvp, vjp, e2e_start_BxTxD, cfg.power_iters)
     if cfg.spectrum:
@@ -315,10 +331,11 @@ def jacobian_stats(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: j
 
 def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: tuple = (),
                             unroll: int = 1) -> Callable:
-    """The compiled S-seed Jacobian probes, cached by `jaxnorm.programs` per model structure and probe config."""
+    """The compiled S-seed Jacobian probes, cached by `jaxnorm.programs` per model structure and probe config;
+    called as (params, rest, tokens, key, active_depth)."""
     def build() -> Callable:
-        one_seed = lambda p, r, t, k: jacobian_stats(graphdef, p, r, t, k, cfg, unroll)  # noqa: E731
-        return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None)),
+        one_seed = lambda p, r, t, k, a: jacobian_stats(graphdef, p, r, t, k, cfg, unroll, a)  # noqa: E731
+        return programs.jit(jax.vmap(one_seed, in_axes=(0, 0, None, None, None)),
                             compiler_options=dict(compiler_options) or None, name="jacobian")
 
     return programs.cached("jacobian", (graphdef, cfg), (compiler_options, unroll), build)
@@ -326,20 +343,21 @@ def _jacobian_stats_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_o
 
 def jacobian_stats_seeds(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: jax.Array,
                          key: jax.Array, cfg: ProbeConfig, compiler_options: dict | None = None,
-                         unroll: int | None = None) -> dict[str, jax.Array]:
-    """`jacobian_stats` for S seeds at once (leading axis S on params/rest; probe batch and key shared),
-    compiled once per (graphdef, cfg, compiler_options, unroll); `unroll` None: `end_to_end_unroll()`."""
+                         unroll: int | None = None, active_depth: jax.Array | None = None) -> dict[str, jax.Array]:
+    """`jacobian_stats` for S seeds at once (leading axis S on params/rest; probe batch, key and a padded
+    model's active depth shared), compiled once per (graphdef, cfg, compiler_options, unroll); `unroll` None:
+    `end_to_end_unroll()`."""
     options = tuple(sorted((compiler_options or {}).items()))
     unroll = end_to_end_unroll() if unroll is None else unroll
-    return _jacobian_stats_program(graphdef, cfg, options, unroll)(params, rest, tokens_BxT, key)
+    return _jacobian_stats_program(graphdef, cfg, options, unroll)(params, rest, tokens_BxT, key, active_depth)
 
 
-def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: Any, tokens_BxT: jax.Array
-                  ) -> jax.Array:
+def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: Any, tokens_BxT: jax.Array,
+                  active_depth: jax.Array | None = None) -> jax.Array:
     """‖f(x; θ′) − f(x; θ)‖_F / ‖f(x; θ)‖_F of the eval-mode output logits after one update θ → θ′.
 
     Liu et al. 2020 ("Understanding the Difficulty of Training Transformers") trace Post-LN instability
     to this output change being amplified by the residual branches' dependency, not to vanishing gradients."""
-    logits, _, _ = model_lib.apply(graphdef, params, rest, tokens_BxT, train=False)
-    new_logits, _, _ = model_lib.apply(graphdef, new_params, rest, tokens_BxT, train=False)
+    logits, _, _ = model_lib.apply(graphdef, params, rest, tokens_BxT, train=False, active_depth=active_depth)
+    new_logits, _, _ = model_lib.apply(graphdef, new_params, rest, tokens_BxT, train=False, active_depth=active_depth)
     return jnp.sqrt(_sqnorm(new_logits - logits)) / jnp.maximum(jnp.sqrt(_sqnorm(logits)), _TINY)

@@ -162,7 +162,7 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
             metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg)
             if probe_cfg.amplification:  # output change caused by this very update (Liu et al. 2020)
                 metrics["layers"]["amplification"] = probes.amplification(
-                    graphdef, state.params, new_params, state.rest, batch["inputs"])
+                    graphdef, state.params, new_params, state.rest, batch["inputs"], active_depth)
         return new_state, metrics
 
     return StepFns(init_state, train_step, graphdef)

@@ -222,7 +222,8 @@ class PackLoop:
             if not (probe_cfg.jacobian or probe_cfg.spectrum):
                 return None
             out = probes.jacobian_stats_seeds(self.fns.graphdef, state.params, state.rest, tokens,
-                                              jax.random.key(PROBE_KEY + at_step), probe_cfg, one_shot_options(once))
+                                              jax.random.key(PROBE_KEY + at_step), probe_cfg, one_shot_options(once),
+                                              active_depth=active)
             return jax.tree.map(np.asarray, out)
 
         def run_eval() -> tuple:

@@ -351,8 +351,9 @@ def test_probed_step_equals_bare_step():
     """The real caller: step.train_step with probes gives the same loss and parameters as without."""
     from jaxnorm import step
     cfg = TINY.replace(attention="sigma_reparam")  # non-param state is written back in train mode
-    fns = step.build_step_fns(cfg, OptimConfig(schedule="constant"), TrainConfig(seq_len=T), ProbeConfig())
-    state = fns.init_state(jax.random.key(0), jnp.float32(1e-2))
+    optim_cfg = OptimConfig(schedule="constant", lr=1e-2)
+    fns = step.build_step_fns(cfg, optim_cfg, TrainConfig(seq_len=T), ProbeConfig())
+    state = fns.init_state(jax.random.key(0), step.run_hparams(optim_cfg))
     batch = setup(cfg)[3]
     run = jit(fns.train_step, static_argnums=3)
     probed, m_probed = run(state, batch, jax.random.key(0), True)
