@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-progress", action="store_true", help="no progress bars")
     a("--pack", default="auto",
       help="runs (seeds of cells differing only in learning rate, weight decay, clip threshold or seed) trained "
-           "side by side in one program: an integer >= 1, or auto (default: 16 on a CPU, as many as fit in an "
+           "side by side in one program: an integer >= 1, or auto (default: 1 on a CPU, where packing measured no faster; as many as fit in an "
            "accelerator's memory)")
     a("--no-share", action="store_true",
       help="compile one set of programs per cell instead of sharing them across depths and packing cells (the "

@@ -4,8 +4,9 @@
 --logdir <out>/tensorboard` lists them by cell and seed. Scalars and histogram tags: `jaxnorm.sink_points`.
 Images: `profiles` at each Jacobian probe step (the first and last profiled steps when the Jacobian probes are
 off), one figure of two panels against the layer (log10 of the values): the gradients ‖∂loss/∂θ_l‖ and
-‖∂loss/∂x_l‖, and the Jacobian norms ‖∂x_{l+1}/∂x_l‖₂ and ‖·‖_F/√dim. 0.1-0.15 s each on a shared 2-core
-CPU, so images are drawn at probe steps only (the quick preset: 8 per seed), not at every profiled step.
+‖∂loss/∂x_l‖, and the Jacobian norms ‖∂x_{l+1}/∂x_l‖₂ and ‖·‖_F/√dim. Drawing a figure costs far more than
+writing scalars, so images are drawn at probe steps only (the quick preset: 8 per seed), not at every
+profiled step.
 """
 
 from __future__ import annotations

@@ -120,11 +120,12 @@ def cell_problem(out_dir: Path, cell_id: str) -> str | None:
     return None
 
 
-def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = None, outputs=None) -> dict:
+def run_cell(cell: Cell, path: Path, *, progress: bool, pad_to: int | None = None, outputs=None,
+             split: TimeSplit | None = None) -> dict:
     """Train one cell and write its files (config.json first, summary.json last); returns the summary.
     `pad_to`: see `jaxnorm.trainer` (the same results, programs shared across depths). The caller holds the
     cell's lock (rundir.claim_cell). `outputs`: a jaxnorm.cell_outputs.CellOutputs (checkpoints, sinks)."""
-    return run_pack([cell], out_dir=path.parent.parent, progress=progress, pad_to=pad_to, outputs=outputs)[0]
+    return run_pack([cell], path.parent.parent, progress=progress, pad_to=pad_to, outputs=outputs, split=split)[0]
 
 
 def run_pack(cells: list[Cell], out_dir: Path, *, progress: bool, pad_to: int | None = None, outputs=None,
@@ -162,7 +163,10 @@ def run_claimed(pack: list[Cell], out_dir: Path, *, wait: bool, progress: bool, 
         for cell in pack:
             (mine if locks.enter_context(rundir.claim_cell(out_dir, cell.cell_id, wait=wait)) else others).append(cell)
         todo = [c for c in mine if cell_problem(out_dir, c.cell_id) is not None]
-        if todo:
+        if len(todo) == 1:
+            run_cell(todo[0], rundir.cell_dir(out_dir, todo[0].cell_id), progress=progress, pad_to=pad_to,
+                     outputs=outputs, split=split)
+        elif todo:
             run_pack(todo, out_dir, progress=progress, pad_to=pad_to, outputs=outputs, split=split)
     return others
 
