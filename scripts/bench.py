@@ -112,12 +112,13 @@ def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int, 
                 ) -> tuple[list[dict], dict]:
     """Per block and depth: seconds per train step, FLOP counts and, with a PyTorch `peer`, its seconds per step
     in each of `variants`, timed in turn with jaxnorm's chunks. Also what PyTorch ran: {"optimizer": AdamW's
-    form, "failed": {variant: why it did not run}}.
+    form, "failed": {variant: why it did not run}, "prepare_s": {variant: [seconds to build and warm up (for
+    torch.compile: to compile) each model]}}.
     side_by_side=False measures one depth at a time and frees it before the next (an accelerator-sized model's
     activations need most of a GPU's memory; two of them at once ran out of memory on an 80 GB H100)."""
-    rows, torch_info = [], {"optimizer": None, "failed": {}}
+    rows, torch_info = [], {"optimizer": None, "failed": {}, "prepare_s": {}}
     for block in blocks:
-        timers, times, prepared = {}, {}, []
+        timers, times, prepared, threads = {}, {}, [], {}
         for depth in depths:
             m, o, t = configs(depth, block=block, tiny=tiny)
             if side_by_side:
@@ -130,8 +131,10 @@ def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int, 
                 reply = peer.prepare(key, block, depth, variant, warmup_steps=1 if tiny else 3)
                 if reply["ok"]:
                     timers[variant, depth] = peer.timer(key, t.log_every)
+                    threads[variant, depth] = reply["threads"]
                     prepared.append(key)
                     torch_info["optimizer"] = reply["optimizer"]
+                    torch_info["prepare_s"].setdefault(variant, []).append(reply["prepare_s"])
                 else:
                     torch_info["failed"][variant] = reply["reason"]
         times.update(interleaved_timer_medians(timers, repeats=repeats))
@@ -142,7 +145,7 @@ def train_steps(depths: list[int], blocks: list[str], tiny: bool, repeats: int, 
             torch_s = {v: times[v, depth] / t.log_every for v in variants if (v, depth) in times}
             rows.append({"block": block, "depth": depth, "step_s": times["jax", depth] / t.log_every,
                          "flops": model_flops(m, t), "xla_flops": xla_step_flops(depth, block, tiny, configs),
-                         "torch_s": torch_s})
+                         "torch_s": torch_s, "torch_threads": {v: threads[v, depth] for v in torch_s}})
     return rows, torch_info
 
 
@@ -195,23 +198,32 @@ def peak_line(dtype: str, n: int, peak: float, published: tuple[float | None, st
 def train_section(rows: list[dict], torch_info: dict, variants: tuple[str, ...], torch_about: dict | None,
                   torch_skip: str, peaks: str, peak: float, published: float | None, log_every: int) -> list[str]:
     if torch_about:
-        where = (f"on {torch_about['device']}" if torch_about["device"] != "cpu"
-                 else f"{torch_about['threads']} thread(s)")
+        where = (f"on {torch_about['device']}" if torch_about["device"] != "cpu" else
+                 f"intra-op threads per model: {torch_about['threads']}" + (
+                     f" (the faster of 1 and torch's default {torch_about['default_threads']} in the model's "
+                     "warm-up: last column)" if torch_about["threads"] == "auto" else ""))
         forms = "; ".join(f"{TORCH_LABELS[v]}" + (f" (not run: {torch_info['failed'][v]})" if v in torch_info["failed"]
                                                   else "") for v in variants)
         torch_note = (f"PyTorch {torch_about['torch']}, {where}, {torch_info['optimizer'] or 'AdamW'}: {forms}. "
                       f"It runs in a worker process (scripts/torch_serve.py) whose repeats of {log_every} steps "
                       "alternate with jaxnorm's chunks.")
+        compiled = torch_info["prepare_s"].get("compile")
+        if compiled:
+            torch_note += (f" torch.compile's warm-up (compiling, then the first steps) took "
+                           f"{min(compiled):.0f}–{max(compiled):.0f} s per model.")
     else:
         torch_note = f"PyTorch reference: not run ({torch_skip})."
     head = ("| block | depth | jaxnorm ms/step | model GFLOP/step | XLA GFLOP/step | GFLOP/s | MFU (measured peak) "
             "| MFU (published peak) |" + "".join(f" {TORCH_LABELS[v]} ms/step | {TORCH_LABELS[v]} / jaxnorm |"
-                                                 for v in variants))
+                                                 for v in variants)
+            + (f" torch threads ({'/'.join(variants)}) |" if variants else ""))
     lines = ["", "## Train step", "", f"{peaks} {FLOPS_NOTE} {torch_note}", "", head,
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(variants)]
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * len(variants) + ("---:|" if variants else "")]
     for r in rows:
         cells = "".join(f" {1e3 * r['torch_s'][v]:.2f} | {r['torch_s'][v] / r['step_s']:.2f} |"
                         if v in r["torch_s"] else " — | — |" for v in variants)
+        if variants:
+            cells += " " + "/".join(str(r["torch_threads"].get(v, "—")) for v in variants) + " |"
         lines.append(f"| {r['block']} | {r['depth']} | {1e3 * r['step_s']:.2f} | "
                      f"{flops_cells(r, peak, published)} |{cells}")
     return lines
@@ -221,9 +233,14 @@ def e2e_section(grid: Grid, reduced: str, res: dict, torch_skip: str, repeats: i
     torch, torch_skip = res["torch"], res["torch_error"] or torch_skip
     base = res["torch_s"]
     ratio = lambda s: "—" if base is None else f"{base / s:.2f}"  # noqa: E731
-    torch_row = (f"| PyTorch {torch['torch']} eager ({torch['optimizer']}), {torch['threads']} thread(s), every cell "
-                 f"and seed in turn | {base:.1f} | 1.00 |" if torch
-                 else f"| PyTorch: not run ({torch_skip}) | — | — |")
+    if torch:
+        chosen = sorted({c["threads"] for c in torch["cells"]})
+        threads = (f"threads chosen per cell: {'/'.join(map(str, chosen))}" if torch["threads"] == "auto"
+                   else f"{torch['threads']} thread(s)")
+        torch_row = (f"| PyTorch {torch['torch']} eager ({torch['optimizer']}; {threads}), every cell and seed in "
+                     f"turn | {base:.1f} | 1.00 |")
+    else:
+        torch_row = f"| PyTorch: not run ({torch_skip}) | — | — |"
     lines = ["", f"## End to end: {'a reduced' if reduced else 'the'} `quick` preset grid, whole processes", "",
              f"Grid: {grid.describe()}{f' ({reduced})' if reduced else ''}. Wall seconds from start "
              f"to exit, median of {repeats} round(s), each round cold, PyTorch, warm in turn. jaxnorm: "
@@ -249,7 +266,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--out", default=None, help="markdown file (default benchmarks/results-<device_kind>.md)")
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch for the PyTorch reference (default: this one if it has torch)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
+    parser.add_argument("--torch-threads", default="auto", help="PyTorch's intra-op threads: an integer >= 1, or "
+                        "auto (per model, the faster of 1 and torch's default on a CPU; the default)")
     parser.add_argument("--torch-variants", default=",".join(VARIANTS),
                         help=f"PyTorch rows of the train section, comma-separated from {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", default="10", help="timed repeats per measurement (median)")
@@ -270,6 +288,8 @@ def parse_args(argv: list[str] | None):
     args.sections = flags.names(parser, "--sections", args.sections, SECTIONS)
     args.torch_variants = flags.names(parser, "--torch-variants", args.torch_variants, VARIANTS)
     args.repeats = 2 if args.tiny else flags.positive_int(parser, "--repeats", args.repeats)
+    if args.torch_threads != "auto" and not (args.torch_threads.isdigit() and int(args.torch_threads) >= 1):
+        parser.error(f"--torch-threads: invalid value {args.torch_threads!r}; allowed: auto or an integer >= 1")
     args.e2e_repeats = flags.positive_int(parser, "--e2e-repeats", args.e2e_repeats)
     small = Grid(("pre_ln",), (2,), 1, 4, tiny=True) if args.tiny else quick  # --tiny: a smoke run's grid
     given = {"--e2e-blocks": args.e2e_blocks, "--e2e-depths": args.e2e_depths, "--e2e-seeds": args.e2e_seeds,
@@ -297,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     path = None if tiny else (
         Path(args.out) if args.out else ROOT / "benchmarks" / f"results-{dev.device_kind.replace(' ', '_')}.md")
     python, torch_skip = torch_interpreter(args.torch_python)
-    torch_threads = args.torch_threads or (1 if tiny else None)
 
     out: list[str] = [f"# jaxnorm benchmark ({dev.device_kind}{', smoke run: not a measurement' if tiny else ''})",
                       "", machine_description(), "",
@@ -325,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "train" in sections:
         torch_device = ["--device", "cuda" if dev.platform == "gpu" else "cpu"]
-        threads = ["--threads", str(torch_threads)] if torch_threads else []
+        threads = ["--threads", args.torch_threads]
         peer, train_skip = (TorchPeer.start(python, model_flags(m, o, t) + torch_device + threads) if python
                             else (None, torch_skip))
         if peer is None:
@@ -394,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
               TABLE_NOTE])
 
     if "e2e" in sections:
-        res = end_to_end(args.grid, python, repeats=args.e2e_repeats, threads=torch_threads)
+        res = end_to_end(args.grid, python, repeats=args.e2e_repeats, threads=args.torch_threads)
         emit(e2e_section(args.grid, args.grid_reduced, res, torch_skip, args.e2e_repeats))
 
     if path is not None:

@@ -15,15 +15,18 @@ per-layer gradient norms ‖∂loss/∂θ_l‖ are computed (as jaxnorm's step d
 bookkeeping). The defaults are the `quick` preset's (scripts/bench.py passes every value from the preset).
 
 PyTorch gets its best form: AdamW(fused=True) where this torch supports it on the device (else its default,
-said in the output), and with `--variant compile` the model under torch.compile. The step runs on CPU
-threads (torch.get_num_threads()) or, with `--device cuda`, on the GPU (batches drawn on the device,
-torch.cuda.synchronize() before each clock read), timed with time.perf_counter after warm-up steps, median
-over repeats of `--steps` steps.
+said in the output), with `--variant compile` the model under torch.compile, and on a CPU the number of
+intra-op threads that runs the model fastest (`--threads auto`, the default: 1 or torch's default, whichever
+runs a few warm-up steps faster; at the sweep's width each operation is tiny, and on a CPU shared with other
+work several threads wait on each other at every operation's barrier, measured 4-5× slower than one thread
+on a busy 2-core machine). The step runs on CPU threads or, with `--device cuda`, on the GPU (batches drawn on
+the device, torch.cuda.synchronize() before each clock read), timed with time.perf_counter after warm-up
+steps, median over repeats of `--steps` steps.
 
-Output: one JSON object on stdout, {"torch": version, "threads": n, "device": name, "optimizer": what AdamW
-ran as, "variant": ..., "results": [{"block", "depth", "step_s"}...]}. This script needs only torch (no JAX),
-so it can run in another interpreter than jaxnorm's; scripts/torch_serve.py and scripts/torch_train_grid.py
-drive the same `Reference`.
+Output: one JSON object on stdout, {"torch": version, "threads": the setting, "device": name, "optimizer":
+what AdamW ran as, "variant": ..., "results": [{"block", "depth", "step_s", "threads"}...]}. This script needs
+only torch (no JAX), so it can run in another interpreter than jaxnorm's; scripts/torch_serve.py and
+scripts/torch_train_grid.py drive the same `Reference`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ from torch import nn
 
 BLOCKS = ("pre_ln", "post_ln", "rezero")
 VARIANTS = ("eager", "compile")
+DEFAULT_THREADS = torch.get_num_threads()  # before any set_num_threads: torch's own choice
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        self.exit(2, f"error: {message}\n")
 
 
 class Attention(nn.Module):
@@ -154,6 +163,7 @@ class Reference:
         self.layer_params = [list(b.parameters()) for b in self.model.blocks]
         self.recorded: list[torch.Tensor] = []
         self.sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        self.threads = torch.get_num_threads()
 
     def loss(self, gen: torch.Generator) -> torch.Tensor:
         inputs, targets, weights = reverse_batch(gen, self.args.batch, self.args.seq_len, self.args.num_symbols)
@@ -176,8 +186,24 @@ class Reference:
     def evaluate(self, batches: int) -> float:
         return float(torch.stack([self.loss(self.eval_gen) for _ in range(batches)]).mean())
 
+    def choose_threads(self, setting: str | int | None, steps: int = 5) -> int:
+        """Set this model's intra-op threads: an int, None (torch's current), or "auto": on a CPU whichever of 1
+        and torch's default runs `steps` steps faster (best of two tries each). Returns the count."""
+        if setting != "auto":
+            self.threads = int(setting) if setting else torch.get_num_threads()
+            return self.threads
+        if self.device.type == "cpu" and DEFAULT_THREADS > 1:
+            tried = {}
+            for n in (1, DEFAULT_THREADS):
+                self.threads = n
+                self.step()  # the first step at a new thread count resizes torch's pool
+                tried[n] = min(self.timed_steps(steps) for _ in range(2))
+            self.threads = min(tried, key=tried.get)
+        return self.threads
+
     def timed_steps(self, steps: int) -> float:
         """Seconds of `steps` steps (CUDA kernels run asynchronously: the queue is drained before each read)."""
+        torch.set_num_threads(self.threads)  # models timed in turn may have chosen different counts
         self.sync()
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -200,19 +226,23 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=50, help="lr warmup steps")
     p.add_argument("--total-steps", type=int, default=600, help="lr schedule horizon (the cell's steps)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
+    p.add_argument("--threads", default="auto", help="torch's intra-op threads: an integer >= 1, or auto (per "
+                   "model, the faster of 1 and torch's default on a CPU; the default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
 
 
 def apply_device_flags(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.threads:
+    if args.threads != "auto":
+        if not args.threads.isdigit() or int(args.threads) < 1:
+            p.error(f"--threads: invalid value {args.threads!r}; allowed: auto or an integer >= 1")
+        args.threads = int(args.threads)
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda is not available to this torch; allowed here: cpu")
 
 
 def describe(args: argparse.Namespace) -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"torch": torch.__version__, "threads": args.threads, "default_threads": DEFAULT_THREADS,
             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
 
 
@@ -224,7 +254,7 @@ def split(flag: str, text: str, allowed: tuple[str, ...], p: argparse.ArgumentPa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     p.add_argument("--blocks", default="pre_ln,post_ln", help=f"comma-separated, from {', '.join(BLOCKS)}")
     p.add_argument("--depths", type=ints, default=[4, 16, 64])
@@ -247,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             optimizer = ref.optimizer
             for _ in range(args.warmup_steps):
                 ref.step()
+            ref.choose_threads(args.threads)
             ref.recorded.clear()
             step_s = statistics.median(ref.timed_steps(args.steps) / args.steps for _ in range(args.repeats))
-            results.append({"block": kind, "depth": depth, "step_s": step_s})
+            results.append({"block": kind, "depth": depth, "step_s": step_s, "threads": ref.threads})
     print(json.dumps({**describe(args), "optimizer": optimizer, "variant": args.variant, "results": results}))
     return 0
 

@@ -6,13 +6,14 @@ A separate process (so it may be another interpreter, and torch's thread pools n
 XLA's), driven one JSON line at a time on stdin, answering one JSON line on stdout:
 
     {"op": "prepare", "id": ..., "block": ..., "depth": ..., "variant": "eager"|"compile", "warmup_steps": n}
-        -> {"ok": true, "optimizer": ..., "prepare_s": ...} or {"ok": false, "reason": ...}
+        -> {"ok": true, "optimizer": ..., "threads": ..., "prepare_s": ...} or {"ok": false, "reason": ...}
     {"op": "time", "id": ..., "steps": n}   -> {"seconds": wall seconds of n steps, by this process's clock}
     {"op": "drop", "id": ...}               -> {"ok": true}
 
 The first line it prints describes torch ({"torch", "threads", "device"}); it exits at the end of stdin.
-`prepare` builds the model and runs its warm-up steps, so torch.compile compiles there, not in a timed call;
-a variant that fails (torch.compile without a working compiler, say) answers with the reason.
+`prepare` builds the model and runs its warm-up steps, so torch.compile compiles there, not in a timed call,
+then chooses its threads (`--threads`); a variant that fails (torch.compile without a working compiler, say)
+answers with the reason. Its `prepare_s` is the build and warm-up, compiling included.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import sys
 import time
 
-from torch_reference import Reference, add_model_flags, apply_device_flags, describe
+from torch_reference import Parser, Reference, add_model_flags, apply_device_flags, describe
 
 
 def answer(message: dict) -> None:
@@ -37,15 +38,17 @@ def prepare(request: dict, args: argparse.Namespace) -> tuple[Reference | None, 
         for _ in range(request["warmup_steps"]):
             ref.step()
         ref.sync()
+        prepare_s = time.perf_counter() - t0
+        ref.choose_threads(args.threads)
     except Exception as e:  # a variant this torch cannot run is a result to report, not a crash
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         return None, {"ok": False, "reason": f"{type(e).__name__}: {reason}"}
     ref.recorded.clear()
-    return ref, {"ok": True, "optimizer": ref.optimizer, "prepare_s": time.perf_counter() - t0}
+    return ref, {"ok": True, "optimizer": ref.optimizer, "threads": ref.threads, "prepare_s": prepare_s}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     add_model_flags(p)
     args = p.parse_args(argv)
     apply_device_flags(p, args)

@@ -4,7 +4,8 @@
     python scripts/torch_train_grid.py --blocks pre_ln --depths 2 --seeds 1 --total-steps 20
 
 Each (block, depth, seed) trains from scratch for `--total-steps` steps (the schedule's horizon too) with
-torch_reference.py's `Reference` (AdamW fused where supported, per-layer gradient norms every step), moves
+torch_reference.py's `Reference` (AdamW fused where supported, per-layer gradient norms every step; with
+`--threads auto` each cell's thread count is chosen first on a model of its own, and that time counts), moves
 the loss to the host every `--log-every` steps and evaluates `--eval-batches` held-out batches every
 `--eval-every` steps and at the end, as a jaxnorm cell does; it runs no Jacobian probes and writes no files.
 The defaults are the `quick` preset's; scripts/bench.py passes every value from the preset.
@@ -20,12 +21,20 @@ import json
 import sys
 import time
 
-from torch_reference import BLOCKS, Reference, add_model_flags, apply_device_flags, describe, split
+import torch
+from torch_reference import BLOCKS, Parser, Reference, add_model_flags, apply_device_flags, describe, split
 
 
-def train_cell(block: str, depth: int, seed: int, args: argparse.Namespace) -> dict:
+def cell_threads(block: str, depth: int, args: argparse.Namespace) -> int:
+    """The thread count `--threads` gives this cell (for auto: chosen on a model that is then thrown away)."""
+    return Reference(block, depth, args, seed=10**6).choose_threads(args.threads)
+
+
+def train_cell(block: str, depth: int, seed: int, threads: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     ref = Reference(block, depth, args, seed=seed)
+    ref.threads = threads
+    torch.set_num_threads(threads)
     logged = []
     for step in range(args.total_steps):
         loss = ref.step()
@@ -35,12 +44,12 @@ def train_cell(block: str, depth: int, seed: int, args: argparse.Namespace) -> d
         if (step + 1) % args.eval_every == 0 and step + 1 < args.total_steps:
             ref.evaluate(args.eval_batches)
     final_eval = ref.evaluate(args.eval_batches)
-    return {"block": block, "depth": depth, "seed": seed, "final_eval_loss": final_eval,
+    return {"block": block, "depth": depth, "seed": seed, "final_eval_loss": final_eval, "threads": threads,
             "optimizer": ref.optimizer, "seconds": time.perf_counter() - t0}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     p.add_argument("--blocks", default="post_ln,pre_ln,rezero", help=f"comma-separated, from {', '.join(BLOCKS)}")
     p.add_argument("--depths", type=ints, default=[2, 8, 24])
@@ -61,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{flag.replace('_', '-')}: invalid value {getattr(args, flag)}; allowed: an integer >= 1")
     apply_device_flags(p, args)
     t0 = time.perf_counter()
-    cells = [train_cell(block, depth, seed, args) for block in blocks for depth in args.depths
-             for seed in range(args.seeds)]
+    cells = []
+    for block in blocks:
+        for depth in args.depths:
+            threads = cell_threads(block, depth, args)
+            cells += [train_cell(block, depth, seed, threads, args) for seed in range(args.seeds)]
     print(json.dumps({**describe(args), "optimizer": cells[0]["optimizer"], "cells": cells,
                       "seconds": time.perf_counter() - t0}))
     return 0

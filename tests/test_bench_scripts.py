@@ -219,14 +219,15 @@ def test_bench_train_and_end_to_end_tables_are_complete():
     assert re.search(r"Matmul peak, float32: measured [\d.]+ GFLOP/s \(jnp.dot, 256²\); published "
                      r"([\d.]+ GFLOP/s, derived|unknown)", proc.stdout)
     train = _table(proc.stdout, "## Train step")
-    assert train[0][-2:] == ["torch eager ms/step", "torch eager / jaxnorm"]
+    assert train[0][-3:] == ["torch eager ms/step", "torch eager / jaxnorm", "torch threads (eager)"]
     assert [r[:2] for r in train[1:]] == [["pre_ln", "2"], ["post_ln", "2"]]
     for row in train[1:]:
         assert len(row) == len(train[0])
         numbers = [float(c) for c in row[2:] if c != "—"]
         assert len(numbers) == len(row) - 2 - (row[7] == "—")  # only the published peak may be unknown
-        jax_ms, torch_ms, ratio = float(row[2]), float(row[-2]), float(row[-1])
+        jax_ms, torch_ms, ratio = float(row[2]), float(row[-3]), float(row[-2])
         assert jax_ms > 0 and torch_ms > 0 and ratio == pytest.approx(torch_ms / jax_ms, rel=0.02, abs=0.01)
+        assert int(row[-1]) >= 1  # the intra-op threads chosen for that model
     e2e = _table(proc.stdout, "## End to end")
     assert e2e[0] == ["run", "wall s", "PyTorch / this"] and len(e2e) == 4
     assert e2e[1][0].startswith("PyTorch") and "cold" in e2e[2][0] and "warm" in e2e[3][0]
@@ -248,7 +249,7 @@ def test_bench_smoke_writes_nothing(tmp_path):
         assert header in proc.stdout
     if "PyTorch reference: not run" not in proc.stdout:
         train = _table(proc.stdout, "## Train step")
-        compiled = [row[-2:] for row in train[1:]]
+        compiled = [row[-3:-1] for row in train[1:]]
         assert all(c != ["—", "—"] for c in compiled) or "torch.compile (not run: " in proc.stdout
     assert not out.exists()  # --tiny never writes results
 
@@ -283,6 +284,7 @@ def test_model_flops_match_xla_count_of_the_forward_pass():
     ("--e2e-depths", "2,0", "allowed: comma-separated integers >= 1"),
     ("--e2e-steps", "many", "allowed: an integer >= 1"),
     ("--repeats", "0", "allowed: an integer >= 1"),
+    ("--torch-threads", "two", "allowed: auto or an integer >= 1"),
 ])
 def test_bench_rejects_bad_flags(flag, value, allowed):
     """One line naming the flag and what is allowed, exit 2, before JAX or PyTorch starts."""

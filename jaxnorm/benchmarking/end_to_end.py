@@ -75,14 +75,14 @@ def sweep_command(grid: Grid, out: Path) -> list[str]:
             "--out", str(out)]
 
 
-def torch_command(python: str, grid: Grid, threads: int | None) -> list[str]:
+def torch_command(python: str, grid: Grid, threads: str) -> list[str]:
     s = grid.spec()
     t = s.train
     cmd = [python, "-W", "ignore", str(SCRIPTS / "torch_train_grid.py"), "--blocks", ",".join(s.blocks),
            "--depths", ",".join(map(str, s.depths)), "--seeds", str(s.seeds), "--log-every", str(t.log_every),
            "--eval-every", str(t.eval_every), "--eval-batches", str(t.eval_batches),
            *model_flags(s.model, s.optim.replace(lr=s.lrs[0]), t)]
-    return cmd + (["--threads", str(threads)] if threads else [])
+    return cmd + ["--threads", threads]
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -116,7 +116,7 @@ def final_eval_losses_torch(result: dict) -> dict[tuple[str, int], float]:
     return {k: statistics.mean(v) for k, v in per_cell.items()}
 
 
-def end_to_end(grid: Grid, torch_python: str | None, *, repeats: int = 1, threads: int | None = None) -> dict:
+def end_to_end(grid: Grid, torch_python: str | None, *, repeats: int = 1, threads: str = "auto") -> dict:
     """Median wall seconds of each command over `repeats` rounds, and each side's final held-out losses (mean
     over seeds, per cell) from the last round: {"cold_s", "warm_s", "torch_s" (None without torch), "torch"
     (its JSON), "torch_error" (why it did not run, if it failed), "losses_jax", "losses_torch"}. A failing

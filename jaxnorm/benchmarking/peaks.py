@@ -70,7 +70,7 @@ def _flops_per_cycle(info: dict[str, str]) -> tuple[int | None, str]:
 def cpu_peak(cores: int | None = None) -> tuple[float | None, str]:
     """(float32 FLOP/s or None, how it was derived) for `cores` cores (default: those this process may use)."""
     info = cpu_info()
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     per_cycle, why = _flops_per_cycle(info)
     try:
         mhz = float(info["cpu MHz"])
