@@ -200,8 +200,8 @@ def train_section(rows: list[dict], torch_info: dict, variants: tuple[str, ...],
     if torch_about:
         where = (f"on {torch_about['device']}" if torch_about["device"] != "cpu" else
                  f"intra-op threads per model: {torch_about['threads']}" + (
-                     f" (the faster of 1 and torch's default {torch_about['default_threads']} in the model's "
-                     "warm-up: last column)" if torch_about["threads"] == "auto" else ""))
+                     f" (torch's default {torch_about['default_threads']} where at least 10% faster than 1 in the "
+                     "model's warm-up, else 1: last column)" if torch_about["threads"] == "auto" else ""))
         forms = "; ".join(f"{TORCH_LABELS[v]}" + (f" (not run: {torch_info['failed'][v]})" if v in torch_info["failed"]
                                                   else "") for v in variants)
         torch_note = (f"PyTorch {torch_about['torch']}, {where}, {torch_info['optimizer'] or 'AdamW'}: {forms}. "
@@ -267,7 +267,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch for the PyTorch reference (default: this one if it has torch)")
     parser.add_argument("--torch-threads", default="auto", help="PyTorch's intra-op threads: an integer >= 1, or "
-                        "auto (per model, the faster of 1 and torch's default on a CPU; the default)")
+                        "auto (per model on a CPU: torch's default where at least 10%% faster than 1 thread in "
+                        "warm-up, else 1; the default)")
     parser.add_argument("--torch-variants", default=",".join(VARIANTS),
                         help=f"PyTorch rows of the train section, comma-separated from {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", default="10", help="timed repeats per measurement (median)")

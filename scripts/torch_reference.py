@@ -16,12 +16,12 @@ bookkeeping). The defaults are the `quick` preset's (scripts/bench.py passes eve
 
 PyTorch gets its best form: AdamW(fused=True) where this torch supports it on the device (else its default,
 said in the output), with `--variant compile` the model under torch.compile, and on a CPU the number of
-intra-op threads that runs the model fastest (`--threads auto`, the default: 1 or torch's default, whichever
-runs a few warm-up steps faster; at the sweep's width each operation is tiny, and on a CPU shared with other
-work several threads wait on each other at every operation's barrier, measured 4-5× slower than one thread
-on a busy 2-core machine). The step runs on CPU threads or, with `--device cuda`, on the GPU (batches drawn on
-the device, torch.cuda.synchronize() before each clock read), timed with time.perf_counter after warm-up
-steps, median over repeats of `--steps` steps.
+intra-op threads that runs the model fastest (`--threads auto`, the default: torch's default where it runs
+warm-up steps at least 10% faster than 1 thread, else 1; at the sweep's width each operation is tiny, and on
+a CPU shared with other work several threads wait on each other at every operation's barrier, measured 4-5×
+slower than one thread on a busy 2-core machine). The step runs on CPU threads or, with `--device cuda`, on
+the GPU (batches drawn on the device, torch.cuda.synchronize() before each clock read), timed with
+time.perf_counter after warm-up steps, median over repeats of `--steps` steps.
 
 Output: one JSON object on stdout, {"torch": version, "threads": the setting, "device": name, "optimizer":
 what AdamW ran as, "variant": ..., "results": [{"block", "depth", "step_s", "threads"}...]}. This script needs
@@ -186,19 +186,25 @@ class Reference:
     def evaluate(self, batches: int) -> float:
         return float(torch.stack([self.loss(self.eval_gen) for _ in range(batches)]).mean())
 
-    def choose_threads(self, setting: str | int | None, steps: int = 5) -> int:
-        """Set this model's intra-op threads: an int, None (torch's current), or "auto": on a CPU whichever of 1
-        and torch's default runs `steps` steps faster (best of two tries each). Returns the count."""
+    def choose_threads(self, setting: str | int | None, steps: int = 5, tries: int = 3) -> int:
+        """Set this model's intra-op threads: an int, None (torch's current), or "auto": on a CPU, 1 or torch's
+        default, timed in turn over `tries` runs of `steps` steps; the default only when its median is at
+        least 10% faster, since a choice made in a quiet moment must hold under load, and there several
+        threads on a busy CPU lose far more than they gain. Returns the count."""
         if setting != "auto":
             self.threads = int(setting) if setting else torch.get_num_threads()
             return self.threads
         if self.device.type == "cpu" and DEFAULT_THREADS > 1:
-            tried = {}
-            for n in (1, DEFAULT_THREADS):
+            tried: dict[int, list[float]] = {1: [], DEFAULT_THREADS: []}
+            for n in tried:
                 self.threads = n
-                self.step()  # the first step at a new thread count resizes torch's pool
-                tried[n] = min(self.timed_steps(steps) for _ in range(2))
-            self.threads = min(tried, key=tried.get)
+                self.timed_steps(1)  # the first step at a new thread count resizes torch's pool
+            for _ in range(tries):
+                for n in tried:
+                    self.threads = n
+                    tried[n].append(self.timed_steps(steps))
+            many_faster = statistics.median(tried[DEFAULT_THREADS]) < 0.9 * statistics.median(tried[1])
+            self.threads = DEFAULT_THREADS if many_faster else 1
         return self.threads
 
     def timed_steps(self, steps: int) -> float:
@@ -227,7 +233,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=50, help="lr warmup steps")
     p.add_argument("--total-steps", type=int, default=600, help="lr schedule horizon (the cell's steps)")
     p.add_argument("--threads", default="auto", help="torch's intra-op threads: an integer >= 1, or auto (per "
-                   "model, the faster of 1 and torch's default on a CPU; the default)")
+                   "model on a CPU: torch's default where at least 10%% faster than 1 in warm-up, else 1; the default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (default cpu)")
 
 
