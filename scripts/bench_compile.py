@@ -13,7 +13,8 @@ the ratio at depth 128 / depth 4 should be ≈ 1 (an unrolled Python loop would 
 
 A second table splits what one block of `--preset init` compiles (steps = 0, every program runs once, so
 compiling is nearly all of it; the cells of every depth share these programs, padded to the largest depth)
-into its four programs: init, the probed measurement step, eval and the Jacobian probes.
+into its four programs: init, the train chunk (with steps = 0, its probed step with the update off: the
+measurement), eval and the Jacobian probes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from jaxnorm import probes, programs, sharding
 from jaxnorm import trainer as train_lib
 from jaxnorm.benchmarking.compile_time import compile_table, compile_times
-from jaxnorm.benchmarking.setups import describe_width, parse_depths, start, trainer_program
+from jaxnorm.benchmarking.setups import describe_width, parse_depths, seed_hparams, start, trainer_program
 from jaxnorm.benchmarking.timing import cold_compile
 from jaxnorm.data import make_dataset
 from jaxnorm.padding import padded_config
@@ -51,8 +52,8 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
     model_cfg = padded_config(resolve_config(model_cfg, train_cfg, data), depth)
     fns = build_step_fns(model_cfg, spec.optim.replace(lr=1.0), train_cfg.replace(seeds=1), probe_cfg)
     S, B = train_cfg.seeds, train_cfg.batch_size
-    init_keys = jnp.stack([jax.random.key(s) for s in range(S)])
-    lr, active = jnp.float32(spec.optim.lr), jnp.int32(depth)
+    keys = jnp.stack([jax.random.key(s) for s in range(S)])
+    hparams = seed_hparams(spec.optim, S)
     options = tuple(sorted((train_lib.one_shot_options(True) or {}).items()))
 
     def fresh(kind: str, *args: Any) -> Callable[[], Any]:
@@ -60,16 +61,17 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
             if kind == "jacobian":
                 programs.clear()
                 return probes._jacobian_stats_program(fns.graphdef, probe_cfg, options, probes.end_to_end_unroll())
-            return trainer_program(kind, fns, data, B, *args, mesh=sharding.train_mesh(S), once=True, fresh=True)
+            return trainer_program(kind, fns, data, B, *args, mesh=sharding.train_mesh(S), once=True, fresh=True,
+                                   active_depth=depth)
         return make
 
-    state = fresh("init")().eval_shape(init_keys, lr, active)
+    state = fresh("init")().eval_shape(keys, hparams)
     tokens = train_lib.probe_tokens(data, probe_cfg)
-    to_time = {
-        "init": (fresh("init"), (init_keys, lr, active)),
-        "measure (probed step, no update)": (fresh("measure"), (state, init_keys, data)),
-        "eval": (fresh("eval", train_cfg.eval_batches, train_cfg.z_loss),
-                 (state.params, state.rest, jax.random.key(0), data)),
+    to_time = {  # with steps = 0 the train chunk is one probed step with the update off: the measurement
+        "init": (fresh("init"), (keys, hparams)),
+        "measure (the chunk's probed step, update off)": (fresh("measure", 1, train_lib.probe_cfg_any(probe_cfg)),
+                                                          (state, keys, data)),
+        "eval": (fresh("eval", train_cfg.eval_batches, train_cfg.z_loss), (state.params, state.rest, keys, data)),
         "jacobian probes": (fresh("jacobian"), (state.params, state.rest, tokens, jax.random.key(0))),
     }
     rows = []

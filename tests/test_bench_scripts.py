@@ -76,7 +76,8 @@ def test_init_cell_table_times_every_program(smoke_runs):
     table = out.split("# programs of one `--preset init` block")[1]
     rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:5]]
             for line in table.splitlines() if line.startswith("| ") and not line.startswith("| program")}
-    assert list(rows) == ["init", "measure (probed step, no update)", "eval", "jacobian probes", "**all**"]
+    assert list(rows) == ["init", "measure (the chunk's probed step, update off)", "eval", "jacobian probes",
+                          "**all**"]
     for lower_s, compile_s, total_s in rows.values():
         assert lower_s > 0 and compile_s > 0 and abs(lower_s + compile_s - total_s) < 0.02
     assert abs(sum(r[2] for name, r in rows.items() if name != "**all**") - rows["**all**"][2]) < 0.05

@@ -49,8 +49,8 @@ class Grid:
         # A reduced run may be shorter than the preset's logging, evaluation and probe periods.
         train = train.replace(log_every=min(train.log_every, self.steps), eval_every=min(train.eval_every, self.steps))
         probe = probe.replace(probe_every=min(probe.probe_every, self.steps))
-        return dataclasses.replace(base, blocks=self.blocks, depths=self.depths, seeds=self.seeds, model=model,
-                                   train=train, probe=probe)
+        return base.replace(blocks=self.blocks, depths=self.depths, seeds=self.seeds, model=model, train=train,
+                            probe=probe)
 
     def describe(self) -> str:
         s = self.spec()

@@ -20,7 +20,7 @@ from jaxnorm import probes, programs, sharding
 from jaxnorm import trainer as train_lib
 from jaxnorm.config import ModelConfig, OptimConfig, ProbeConfig, TrainConfig
 from jaxnorm.data import make_dataset
-from jaxnorm.step import StepFns, build_step_fns
+from jaxnorm.step import StepFns, build_step_fns, run_hparams
 from jaxnorm.sweep_spec import preset
 from jaxnorm.trainer import resolve_config
 
@@ -57,15 +57,32 @@ class Program:
 
 
 def trainer_program(kind: str, fns: StepFns, data: Any, batch_size: int, *args: Any, mesh: Mesh | None = None,
-                    once: bool = False, fresh: bool = False) -> Program:
+                    once: bool = False, fresh: bool = False, active_depth: int | None = None) -> Program:
     """The program of `kind` that `jaxnorm.trainer` runs for `mesh` (None: one device), built by its own
-    builder: "chunk" (args n_steps, with_probes; called with state, data keys, data), "measure" (called with
-    state, data keys, data), "eval" (args eval_batches, z_loss; called with params, rest, key, data), "init"
-    (called with keys, lr, active depth). `once`: compiled as a program that runs once per cell. `fresh`: the
-    trainer's program cache is emptied first, so the program is traced, lowered and compiled anew."""
+    builder. "chunk" (args n_steps, with_probes; called with state, data keys, data): a probed step and
+    n_steps − 1 bare ones. "measure" (the same args and call): that chunk's probed step with the update off,
+    as a cell's final measurement runs it. "eval" (args eval_batches, z_loss; called with params, rest, one
+    key per seed, data). "init" (called with keys, `seed_hparams`). `active_depth`: a padded model's (else
+    None). `once`: compiled as a program that runs once per cell. `fresh`: the trainer's program cache is
+    emptied first, so the program is traced, lowered and compiled anew."""
     if fresh:
         programs.clear()
-    return Program(train_lib._program(kind, fns, data, batch_size, mesh, *args, once=once), lambda *a: a)
+    active = None if active_depth is None else jnp.int32(active_depth)
+    if kind in ("chunk", "measure"):
+        n_steps, with_probes = args
+        apply_first, n_bare = (True, n_steps - 1) if kind == "chunk" else (False, 0)
+        jitted = train_lib._program("chunk", fns, data, batch_size, mesh, n_steps, with_probes, once=once)
+        return Program(jitted, lambda state, keys, d: (state, keys, d, active, jnp.asarray(apply_first),
+                                                      jnp.int32(n_bare)))
+    jitted = train_lib._program(kind, fns, data, batch_size, mesh, *args, once=once)
+    if kind == "eval":
+        return Program(jitted, lambda params, rest, keys, d: (params, rest, keys, d, active))
+    return Program(jitted, lambda keys, hparams: (keys, hparams, active))
+
+
+def seed_hparams(optim_cfg: OptimConfig, seeds: int) -> dict[str, jax.Array]:
+    """The per-seed hyperparameters an "init" program takes (learning rate, weight decay, clip threshold)."""
+    return {k: jnp.full((seeds,), v, jnp.float32) for k, v in run_hparams(optim_cfg).items()}
 
 
 # --- the benchmark model ---------------------------------------------------------------------------------
@@ -164,9 +181,9 @@ def make_setup(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainC
     fns = build_step_fns(model_cfg, optim_cfg.replace(lr=1.0), train_cfg.replace(seeds=1), probe_cfg)
     keys = jnp.stack([jax.random.key(s) for s in range(seeds)])
     init_keys, data_keys = jax.vmap(jax.random.split)(keys).swapaxes(0, 1)
-    init = jax.vmap(fns.init_state, in_axes=(0, None))
-    lr = jnp.float32(optim_cfg.lr)
-    state = jax.jit(init)(init_keys, lr) if materialise else jax.eval_shape(init, init_keys, lr)
+    init = trainer_program("init", fns, data, train_cfg.batch_size, once=True)
+    hparams = seed_hparams(optim_cfg, seeds)
+    state = init(init_keys, hparams) if materialise else init.eval_shape(init_keys, hparams)
     return Setup(fns, data, state, data_keys, model_cfg, optim_cfg, train_cfg, probe_cfg)
 
 
