@@ -8,7 +8,8 @@
 - `compile_time`, `probe_cost`: compile time against depth, probe overhead against the bare step;
 - `trace_kernels`: kernel time by HLO op kind from a profiler trace (no JAX import);
 - `torch_peer`: the PyTorch reference (scripts/torch_*.py) driven from another process, interleaved with JAX;
-- `end_to_end`: whole sweeps and their PyTorch counterpart timed as subprocesses.
+- `end_to_end`: whole sweeps and their PyTorch counterpart timed as subprocesses;
+- `flags`: command-line values checked with one-line errors.
 
 Importing this package imports nothing heavy; each module imports what it needs.
 """
