@@ -72,7 +72,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
         "measure (the chunk's probed step, update off)": (fresh("measure", 1, train_lib.probe_cfg_any(probe_cfg)),
                                                           (state, keys, data)),
         "eval": (fresh("eval", train_cfg.eval_batches, train_cfg.z_loss), (state.params, state.rest, keys, data)),
-        "jacobian probes": (fresh("jacobian"), (state.params, state.rest, tokens, jax.random.key(0))),
+        "jacobian probes": (fresh("jacobian"), (state.params, state.rest, tokens, jax.random.key(0), jnp.int32(depth))),
     }
     rows = []
     for name, (make, args) in to_time.items():
