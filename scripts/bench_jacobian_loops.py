@@ -24,20 +24,16 @@ import argparse
 import functools
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compile import (  # noqa: E402
-    NO_PROBES, bench_configs, cached_setup, interleaved_medians, parse_depths, smoke_mode,
-)
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from jaxnorm import probes  # noqa: E402
-from jaxnorm import trainer as train_lib  # noqa: E402
-from jaxnorm.config import ProbeConfig  # noqa: E402
+from jaxnorm import probes
+from jaxnorm import trainer as train_lib
+from jaxnorm.benchmarking.setups import NO_PROBES, bench_configs, cached_setup, parse_depths, start
+from jaxnorm.benchmarking.timing import interleaved_medians
+from jaxnorm.config import ProbeConfig
 
 # XLA's default command-buffer kinds (xla/debug_options_flags.cc), then the same with loops captured.
 _DEFAULT_KINDS = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION"
@@ -56,7 +52,7 @@ def compiled_chunk(setup, options: dict) -> tuple[Callable[[], Any], float]:
     chunk = setup.cached_chunk(setup.train_cfg.log_every, False)
     box = [jax.tree.map(jnp.copy, setup.state)]
     t0 = time.perf_counter()
-    compiled = chunk.lower(box[0], setup.data_keys, setup.data).compile(options or None)
+    compiled = chunk.compile(box[0], setup.data_keys, setup.data, options=options)
     seconds = time.perf_counter() - t0
 
     def run():
@@ -118,11 +114,13 @@ def loop_table(rows: list[dict]) -> str:
     lines = ["| depth | program | end-to-end unroll | XLA options | time ms | vs unroll 1, XLA default | compile s | "
              "in bare steps |", "|---:|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        head = f"| {r['depth']} | {r['program']} | {r['unroll'] if r['program'] == 'jacobian call' else '—'} | {r['options']} |"
+        unroll = r["unroll"] if r["program"] == "jacobian call" else "—"
+        head = f"| {r['depth']} | {r['program']} | {unroll} | {r['options']} |"
         if "failed" in r:
             lines.append(f"{head} rejected: {r['failed']} | | | |")
         else:
-            lines.append(f"{head} {r['time_ms']:.2f} | {r['ratio']:.3f} | {r['compile_s']:.1f} | {r['in_bare_steps']:.2f} |")
+            lines.append(f"{head} {r['time_ms']:.2f} | {r['ratio']:.3f} | {r['compile_s']:.1f} | "
+                         f"{r['in_bare_steps']:.2f} |")
     return "\n".join(lines)
 
 
@@ -132,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per program (median)")
     parser.add_argument("--tiny", action="store_true", help="smoke run: depth 2, tiny width, few repeats")
     args = parser.parse_args(argv)
-    if args.tiny:
-        smoke_mode()
+    start(args.tiny)
     depths = args.depths or ([2] if args.tiny else [8, 32])
     repeats = 2 if args.tiny else args.repeats
     print(f"# Jacobian probes' loops ({jax.devices()[0].device_kind}, jax {jax.__version__}; this backend's "

@@ -19,63 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compile import (  # noqa: E402
-    LAYER_FAMILIES, NO_PROBES, bench_configs, cached_setup, interleaved_medians, parse_depths,
-    smoke_mode,
-)
+import jax
 
-import jax  # noqa: E402
-
-from jaxnorm.config import ProbeConfig  # noqa: E402
-
-
-def probe_overheads(depths: list[int], *, tiny: bool = False, repeats: int = 10, block: str = "pre_ln",
-                    families: tuple[str, ...] = LAYER_FAMILIES + ("all",), probe_every: int | None = None
-                    ) -> list[dict]:
-    """One row per (depth, family): times and the ratios described in the module docstring."""
-    default = ProbeConfig()
-    probe_every = probe_every or default.probe_every
-    rows = []
-    for depth in depths:
-        model_cfg, optim_cfg, train_cfg = bench_configs(depth, block=block, tiny=tiny)
-        n = train_cfg.log_every
-        bare = cached_setup(model_cfg, optim_cfg, train_cfg, NO_PROBES)
-        runners = {"bare": bare.runner(n, False)}
-        for fam in families:
-            cfg = NO_PROBES.replace(**({f: True for f in LAYER_FAMILIES} if fam == "all" else {fam: True}))
-            runners[fam] = cached_setup(model_cfg, optim_cfg, train_cfg, cfg).runner(n, True)
-        # The bare setup's parameters (the probes run outside the step), timed in turn with the chunks so a
-        # change in machine load cannot skew its ratio to the bare step.
-        runners["jacobian"] = bare.jacobian_runner(default)
-        t = interleaved_medians(runners, repeats=repeats)
-        step = t["bare"] / n
-        rows.append({"depth": depth, "family": "bare", "time_ms": 1e3 * t["bare"], "unit": f"chunk of {n}",
-                     "step_ratio": 1.0, "chunk_ratio": 1.0})
-        for fam in families:
-            rows.append({"depth": depth, "family": fam, "time_ms": 1e3 * t[fam], "unit": f"chunk of {n}",
-                         "step_ratio": 1.0 + (t[fam] - t["bare"]) / step, "chunk_ratio": t[fam] / t["bare"]})
-        t_jac = t["jacobian"]
-        rows.append({"depth": depth, "family": f"jacobian (every {probe_every})", "time_ms": 1e3 * t_jac,
-                     "unit": "call", "step_ratio": t_jac / step,
-                     "chunk_ratio": 1.0 + t_jac / (probe_every * step)})
-    return rows
-
-
-def probe_table(rows: list[dict]) -> str:
-    lines = ["| depth | probes | time ms | per | probed step / bare step | amortised ratio to bare |",
-             "|---:|---|---:|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['depth']} | {r['family']} | {r['time_ms']:.1f} | {r['unit']} | "
-                     f"{r['step_ratio']:.2f} | {r['chunk_ratio']:.3f} |")
-    return "\n".join(lines)
-
-
-TABLE_NOTE = ("amortised: per-layer families = probed chunk / bare chunk (one probed step per log_every); "
-              "jacobian = 1 + t_call / (probe_every × t_bare_step); for jacobian the step column is "
-              "t_call / t_bare_step.")
+from jaxnorm.benchmarking.probe_cost import TABLE_NOTE, probe_overheads, probe_table
+from jaxnorm.benchmarking.setups import LAYER_FAMILIES, bench_configs, parse_depths, start
+from jaxnorm.config import ProbeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke run: depth 2, tiny width, few repeats")
     args = parser.parse_args(argv)
     families = LAYER_FAMILIES + ("all",)
+    start(args.tiny)
     if args.tiny:
-        smoke_mode()
         families = ("grads", "all")  # every code path (one family, all families) at a smoke run's cost
     depths = args.depths or ([2] if args.tiny else [8, 32])
     repeats = 2 if args.tiny else args.repeats

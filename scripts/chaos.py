@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CELL_FLAGS = ["--depths", "2", "--blocks", "pre_ln", "--norms", "layernorm", "--attentions", "dot",
               "--optimizers", "adamw", "--clip", "none", "--seeds", "2", "--steps", "6", "--batch-size", "8",

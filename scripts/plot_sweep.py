@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
-
-from jaxnorm import figures, report  # noqa: E402
+from jaxnorm import figures, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: run_dir: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: run_dir: writing into {args.run_dir!r} failed ({e.strerror or e}); rerun to draw them", file=sys.stderr)
+        print(f"error: run_dir: writing into {args.run_dir!r} failed ({e.strerror or e}); rerun to draw them",
+              file=sys.stderr)
         return 1
     for p in paths:
         print(p)

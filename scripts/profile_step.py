@@ -32,14 +32,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import GRADS_ONLY, machine_description  # noqa: E402
-from bench_compile import bench_configs, cached_setup, smoke_mode  # noqa: E402
-from trace_kernels import kernel_events, kernel_time_by_kind, read_trace  # noqa: E402
+import jax
 
-import jax  # noqa: E402
-
-from jaxnorm.config import ConfigError, ProbeConfig  # noqa: E402
+from jaxnorm.benchmarking.peaks import machine_description
+from jaxnorm.benchmarking.setups import GRADS_ONLY, bench_configs, cached_setup, start
+from jaxnorm.benchmarking.trace_kernels import kernel_events, kernel_time_by_kind, read_trace
+from jaxnorm.config import ConfigError, ProbeConfig
 
 
 def profile(fn: Callable[[], Any], calls: int, trace_dir: Path) -> tuple[dict[str, tuple[float, float]], float]:
@@ -104,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("depth", "seeds", "calls", "top"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: must be an integer >= 1, got {getattr(args, name)}")
-    if args.tiny:
-        smoke_mode()
+    start(args.tiny)
     depth, S, calls = (2, 2, 2) if args.tiny else (args.depth, args.seeds, args.calls)
     try:
         m, o, t = bench_configs(depth, block=args.block, tiny=args.tiny)

@@ -18,19 +18,15 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_compile import (  # noqa: E402
-    NO_PROBES, bench_configs, describe_width, make_setup, median_time, smoke_mode,
-)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxnorm import probes  # noqa: E402
-from jaxnorm import trainer as train_lib  # noqa: E402
-from jaxnorm.config import ProbeConfig  # noqa: E402
+from jaxnorm import probes
+from jaxnorm import trainer as train_lib
+from jaxnorm.benchmarking.setups import NO_PROBES, bench_configs, describe_width, make_setup, start
+from jaxnorm.benchmarking.timing import median_time
+from jaxnorm.config import ProbeConfig
 
 ESTIMATORS = (("power", 10), ("power", 20), ("lanczos", 10), ("lanczos", 20))
 
@@ -104,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block", default="pre_ln")
     parser.add_argument("--tiny", action="store_true", help="smoke run: depth 2, tiny width")
     args = parser.parse_args(argv)
-    if args.tiny:
-        smoke_mode()
+    start(args.tiny)
     depth, steps = (2, 0) if args.tiny else (args.depth, args.train_steps)
     print(f"# spectral-norm estimators vs dense Jacobians ({args.block}, depth {depth}; {describe_width(args.tiny)}; "
           f"probe batch {ProbeConfig().probe_batch})")

@@ -2,11 +2,14 @@
 
 No timing is asserted here: speed claims live in the scripts, as ratios measured side by side in one run.
 The smoke runs are started together (each is a separate process, mostly XLA compiling), so the module costs
-about the slowest of them. scripts/bench.py's smoke run repeats every other section, so it is marked slow.
+about the slowest of them. scripts/bench.py's smoke run of every section repeats the other scripts' work, so
+it is marked slow; its PyTorch and end-to-end sections are checked on their own.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
+# The scripts import this checkout's package, whichever copy of jaxnorm is installed.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 HEADERS = {
     "bench_compile.py": ["# compile time vs depth", "| depth | chunk lower s |",
@@ -27,14 +32,14 @@ HEADERS = {
                         "## Optimised HLO"],
     "torch_reference.py": ['"results"'],
     "bench.py": ["# jaxnorm benchmark", "## Train step", "| block | depth | jaxnorm ms/step |",
-                 "## FLOP/s vs measured matmul peak", "| matmul dtype |", "| bfloat16 |", "## Compile time vs depth",
-                 "## Seeds", "## Probe overhead"],
+                 "## FLOP/s vs matmul peaks", "| matmul dtype |", "| bfloat16 |", "## Compile time vs depth",
+                 "## Seeds", "## Probe overhead", "## End to end"],
 }
 
 
 def _start(script: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SCRIPTS / script), "--tiny", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,8 @@ def test_init_cell_table_times_every_program(smoke_runs):
     table = out.split("# programs of one `--preset init` block")[1]
     rows = {line.split("|")[1].strip(): [float(v) for v in line.split("|")[2:5]]
             for line in table.splitlines() if line.startswith("| ") and not line.startswith("| program")}
-    assert list(rows) == ["init", "measure (probed step, no update)", "eval", "jacobian probes", "**all**"]
+    assert list(rows) == ["init", "measure (the chunk's probed step, update off)", "eval", "jacobian probes",
+                          "**all**"]
     for lower_s, compile_s, total_s in rows.values():
         assert lower_s > 0 and compile_s > 0 and abs(lower_s + compile_s - total_s) < 0.02
     assert abs(sum(r[2] for name, r in rows.items() if name != "**all**") - rows["**all**"][2]) < 0.05
@@ -132,8 +138,7 @@ def test_profile_finds_the_kernels_it_reports(smoke_runs, profile_dir):
 
 
 def test_kernel_time_by_kind_on_a_hand_made_trace():
-    sys.path.insert(0, str(SCRIPTS))
-    from trace_kernels import kernel_events, kernel_time_by_kind, op_kind
+    from jaxnorm.benchmarking.trace_kernels import kernel_events, kernel_time_by_kind, op_kind
 
     def x(name, dur, **args):
         return {"ph": "X", "name": name, "dur": dur, "args": args}
@@ -154,22 +159,99 @@ def test_kernel_time_by_kind_on_a_hand_made_trace():
     assert list(got) == ["dot", "ynn_fusion", "copy"]  # largest time first
 
 
+def _run(script: str, *args: str, timeout: int = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPTS / script), *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _table(out: str, title: str) -> list[list[str]]:
+    """The cells of the first markdown table after the heading that starts with `title` (header row first)."""
+    section = out.split(title, 1)[1]
+    rows, started = [], False
+    for line in section.splitlines():
+        if line.startswith("|"):
+            started = True
+            if not line.startswith("|---"):
+                rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif started:
+            break
+    return rows
+
+
 def test_torch_reference_smoke():
     pytest.importorskip("torch", reason="torch is the optional [bench] extra")
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "torch_reference.py"), "--tiny", "--threads", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = _run("torch_reference.py", "--tiny", "--threads", "1", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert '"results"' in proc.stdout
+    assert '"results"' in proc.stdout and '"optimizer"' in proc.stdout
+
+
+def test_torch_reference_defaults_are_the_quick_preset():
+    """The PyTorch reference trains what `python -m experiments.depth_sweep` trains by default: its model, task,
+    optimizer and schedule flags and its grid default to the quick preset's values."""
+    pytest.importorskip("torch", reason="torch is the optional [bench] extra")
+    from jaxnorm.sweep_spec import preset
+
+    code = ("import json, torch_train_grid as g; "
+            "print(json.dumps(vars(g.build_parser().parse_args([]))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    q = preset("quick")
+    want = {"blocks": ",".join(q.blocks), "depths": list(q.depths), "seeds": q.seeds, "d_model": q.model.d_model,
+            "heads": q.model.num_heads, "d_ff": q.model.d_ff, "seq_len": q.train.seq_len,
+            "batch": q.train.batch_size, "num_symbols": q.train.num_symbols, "lr": q.lrs[0],
+            "weight_decay": q.optim.weight_decay, "warmup": q.optim.warmup_steps, "total_steps": q.train.steps,
+            "log_every": q.train.log_every, "eval_every": q.train.eval_every, "eval_batches": q.train.eval_batches}
+    assert {k: got[k] for k in want} == want
+    assert (q.model.activation, q.model.norm, q.model.attention, q.model.positions, q.optim.optimizer,
+            q.optim.schedule, q.optim.clip, q.train.task) == ("relu", "layernorm", "dot", "learned", "adamw",
+                                                              "warmup_cosine", "none", "reverse")
+
+
+def test_bench_train_and_end_to_end_tables_are_complete():
+    """bench.py's train section with the PyTorch reference interleaved, and its end-to-end section on a reduced
+    grid (one block, depth 2, one seed, 4 steps, at the smoke width): every row present, every number parses."""
+    pytest.importorskip("torch", reason="torch is the optional [bench] extra: without it the PyTorch rows "
+                                        "read 'not run'")
+    proc = _run("bench.py", "--tiny", "--sections", "train,e2e", "--torch-variants", "eager",
+                "--e2e-depths", "2", "--e2e-steps", "4", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"Matmul peak, float32: measured [\d.]+ GFLOP/s \(jnp.dot, 256²\); published "
+                     r"([\d.]+ GFLOP/s, derived|unknown)", proc.stdout)
+    train = _table(proc.stdout, "## Train step")
+    assert train[0][-3:] == ["torch eager ms/step", "torch eager / jaxnorm", "torch threads (eager)"]
+    assert [r[:2] for r in train[1:]] == [["pre_ln", "2"], ["post_ln", "2"]]
+    for row in train[1:]:
+        assert len(row) == len(train[0])
+        numbers = [float(c) for c in row[2:] if c != "—"]
+        assert len(numbers) == len(row) - 2 - (row[7] == "—")  # only the published peak may be unknown
+        jax_ms, torch_ms, ratio = float(row[2]), float(row[-3]), float(row[-2])
+        assert jax_ms > 0 and torch_ms > 0 and ratio == pytest.approx(torch_ms / jax_ms, rel=0.02, abs=0.01)
+        assert int(row[-1]) >= 1  # the intra-op threads chosen for that model
+    e2e = _table(proc.stdout, "## End to end")
+    assert e2e[0] == ["run", "wall s", "PyTorch / this"] and len(e2e) == 4
+    assert e2e[1][0].startswith("PyTorch") and "cold" in e2e[2][0] and "warm" in e2e[3][0]
+    walls = [float(r[1]) for r in e2e[1:]]
+    assert min(walls) > 0 and [float(r[2]) for r in e2e[1:]] == pytest.approx(
+        [walls[0] / w for w in walls], rel=0.02, abs=0.01)
+    losses = _table(proc.stdout, "Final held-out loss")
+    assert losses[1][:2] == ["pre_ln", "2"] and all(float(c) > 0 for c in losses[1][2:]) and len(losses) == 2
+    assert "reduced by --e2e-depths, --e2e-steps" in proc.stdout
 
 
 @pytest.mark.slow
 def test_bench_smoke_writes_nothing(tmp_path):
+    """Every section, torch.compile included: its columns hold numbers, or the output says why it did not run."""
     out = tmp_path / "results.md"
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--tiny", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = _run("bench.py", "--tiny", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for header in HEADERS["bench.py"]:
         assert header in proc.stdout
+    if "PyTorch reference: not run" not in proc.stdout:
+        train = _table(proc.stdout, "## Train step")
+        compiled = [row[-3:-1] for row in train[1:]]
+        assert all(c != ["—", "—"] for c in compiled) or "torch.compile (not run: " in proc.stdout
     assert not out.exists()  # --tiny never writes results
 
 
@@ -180,10 +262,9 @@ def test_model_flops_match_xla_count_of_the_forward_pass():
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, str(SCRIPTS))
-    from bench import model_flops
     from jaxnorm import ModelConfig, TrainConfig
     from jaxnorm import model as model_lib
+    from jaxnorm.benchmarking.flops import model_flops
     from jaxnorm.data import make_dataset
     from jaxnorm.trainer import resolve_config
 
@@ -197,11 +278,39 @@ def test_model_flops_match_xla_count_of_the_forward_pass():
     assert matmuls <= xla <= 1.1 * matmuls, (matmuls, xla)
 
 
-def test_bench_rejects_unknown_section():
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--tiny", "--sections", "train,warp"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("--sections", "train,warp", "allowed: comma-separated train, wide, compile, seeds, probes, e2e"),
+    ("--torch-variants", "jit", "allowed: comma-separated eager, compile"),
+    ("--e2e-blocks", "admin", "allowed: comma-separated post_ln, pre_ln, rezero"),
+    ("--e2e-depths", "2,0", "allowed: comma-separated integers >= 1"),
+    ("--e2e-steps", "many", "allowed: an integer >= 1"),
+    ("--repeats", "0", "allowed: an integer >= 1"),
+    ("--torch-threads", "two", "allowed: auto or an integer >= 1"),
+])
+def test_bench_rejects_bad_flags(flag, value, allowed):
+    """One line naming the flag and what is allowed, exit 2, before JAX or PyTorch starts."""
+    proc = _run("bench.py", flag, value, timeout=120)
     assert proc.returncode == 2
-    assert "--sections" in proc.stderr and "allowed: comma-separated train, wide, compile, seeds, probes" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"error: {flag}: invalid value {value!r}; {allowed}")
+
+
+def test_published_peaks_name_their_source():
+    """The published figure of a known GPU comes with its datasheet; a CPU's is derived from /proc/cpuinfo's
+    family and clock (and says so); anything else is None with the reason."""
+    from jaxnorm.benchmarking import peaks
+
+    value, source = peaks.published_peak("gpu", "NVIDIA H100 80GB HBM3", "bfloat16")
+    assert value == pytest.approx(989.4e12) and "datasheet" in source
+    assert peaks.published_peak("gpu", "NVIDIA H200", "float32")[0] == pytest.approx(494.7e12)
+    value, source = peaks.published_peak("gpu", "Some Future GPU", "float32")
+    assert value is None and source.startswith("unknown")
+    zen4 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "model": "17", "flags": "fma avx2 avx512f"}
+    assert peaks._flops_per_cycle(zen4)[0] == 32
+    assert peaks._flops_per_cycle({"vendor_id": "GenuineIntel", "cpu family": "6", "flags": "avx2 fma"})[0] == 32
+    assert peaks._flops_per_cycle({"vendor_id": "ARM", "flags": ""})[0] is None
+    value, source = peaks.published_peak("cpu", "cpu", "float32")
+    assert (value is None and source.startswith("unknown")) or (value > 0 and source.startswith("derived"))
 
 
 def test_bench_seeds_section_measures_seeds_split_over_cpu_devices():
@@ -209,8 +318,7 @@ def test_bench_seeds_section_measures_seeds_split_over_cpu_devices():
     times the program with one seed per CPU device, as `jaxnorm.trainer` runs it (a measured time, not '—')."""
     from jaxnorm.sharding import usable_cores
 
-    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench.py"), "--tiny", "--sections", "seeds"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = _run("bench.py", "--tiny", "--sections", "seeds")
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = next(line for line in proc.stdout.splitlines() if line.startswith("| 2 |"))
     _, one_ms, split_ms, devices, seq_ms, one_ratio, split_ratio = [c.strip() for c in row.strip("| ").split("|")]

@@ -1,6 +1,6 @@
 """XLA kernel time by HLO op kind, from a Chrome-format trace that `jax.profiler.trace` writes.
 
-Plain-Python helpers of scripts/profile_step.py (no JAX import), so they can be checked on a hand-made trace.
+Plain-Python functions for scripts/profile_step.py (no JAX import), so they can be checked on a hand-made trace.
 """
 
 from __future__ import annotations

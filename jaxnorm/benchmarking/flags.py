@@ -1,0 +1,41 @@
+"""Command-line flags of the benchmark scripts: a bad value is one line naming the flag and what is allowed,
+exit status 2, before anything is measured."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        self.exit(2, f"error: {message}\n")
+
+
+def names(parser: argparse.ArgumentParser, flag: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of names from `allowed` (at least one)."""
+    got = tuple(x for x in text.split(",") if x)
+    if not got or any(x not in allowed for x in got):
+        parser.error(f"{flag}: invalid value {text!r}; allowed: comma-separated {', '.join(allowed)}")
+    return got
+
+
+def positive_ints(parser: argparse.ArgumentParser, flag: str, text: str) -> tuple[int, ...]:
+    """A comma-separated list of integers >= 1 (at least one)."""
+    try:
+        got = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        got = ()
+    if not got or min(got) < 1:
+        parser.error(f"{flag}: invalid value {text!r}; allowed: comma-separated integers >= 1, e.g. 2,8")
+    return got
+
+
+def positive_int(parser: argparse.ArgumentParser, flag: str, text: str) -> int:
+    """One integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        parser.error(f"{flag}: invalid value {text!r}; allowed: an integer >= 1")
+    return value
