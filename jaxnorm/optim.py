@@ -20,7 +20,6 @@ Typical use::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -122,29 +121,33 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> Schedule:
     * ``constant``: 1.
     * ``warmup_constant``: step/W for step < W, then 1.
     * ``warmup_cosine``: warmup, then ½(1 + cos(π·(step−W)/(total−W))), reaching 0 at ``total_steps``
-      (Loshchilov & Hutter 2017, SGDR, without restarts; = ``optax.warmup_cosine_decay_schedule``).
+      (Loshchilov & Hutter 2017, SGDR, without restarts; ``optax.warmup_cosine_decay_schedule``). With
+      total ≤ W the decay takes one step.
     * ``inverse_sqrt``: warmup, then √(W/step) (Vaswani et al. 2017, §5.3). With W = 0 it is
       1/√max(step, 1)."""
     w = cfg.warmup_steps
     kind = cfg.schedule
-
-    def warmup(step):
-        return jnp.minimum(step / w, 1.0) if w > 0 else jnp.ones_like(step)
+    if kind == "constant":
+        schedule = optax.constant_schedule(1.0)
+    elif kind == "warmup_constant":
+        # optax's linear_schedule with 0 steps holds its *initial* value (0): W = 0 needs no warmup at all.
+        schedule = (optax.join_schedules([optax.linear_schedule(0.0, 1.0, w), optax.constant_schedule(1.0)], [w])
+                    if w > 0 else optax.constant_schedule(1.0))
+    elif kind == "warmup_cosine":
+        # optax refuses a cosine decay of ≤ 0 steps; at least one keeps total ≤ W runnable.
+        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, w, max(total_steps, w + 1), end_value=0.0)
+    elif kind == "inverse_sqrt":
+        # Hand-written: optax has no inverse-square-root schedule.
+        def schedule(step):
+            warmup = jnp.minimum(step / w, 1.0) if w > 0 else jnp.ones_like(step)
+            return jnp.where(step < w, warmup, jnp.sqrt(max(w, 1) / jnp.maximum(step, 1.0)))
+    else:
+        raise ValueError(f"OptimConfig.schedule: invalid value {kind!r}")
 
     def multiplier(step):
         step = jnp.asarray(step, jnp.float32)
-        if kind == "constant":
-            return jnp.ones_like(step)
-        if kind == "warmup_constant":
-            return warmup(step)
-        if kind == "warmup_cosine":
-            progress = jnp.clip((step - w) / max(total_steps - w, 1), 0.0, 1.0)
-            cosine = 0.5 * (1.0 + jnp.cos(math.pi * progress))
-            return jnp.where(step < w, warmup(step), cosine)
-        if kind == "inverse_sqrt":
-            decay = jnp.sqrt(max(w, 1) / jnp.maximum(step, 1.0))
-            return jnp.where(step < w, warmup(step), decay)
-        raise ValueError(f"OptimConfig.schedule: invalid value {kind!r}")
+        # float32 whatever the schedule returns (optax's constant gives a Python float), like the step.
+        return jnp.broadcast_to(jnp.asarray(schedule(step), jnp.float32), step.shape)
 
     return multiplier
 

@@ -259,3 +259,37 @@ def test_adafactor_treats_each_layer_as_its_own_tensor():
         p_i, g_i = params["blocks"]["mlp"]["kernel"][i], grads["blocks"]["mlp"]["kernel"][i]
         u_i, _ = ref.update(g_i, ref.init(p_i), p_i)
         np.testing.assert_allclose(updates["blocks"]["mlp"]["kernel"][i], u_i, rtol=1e-5, atol=1e-8)
+
+
+def hand_schedule(kind, w, total_steps):
+    """The multiplier written out by hand (the formulas in make_schedule's docstring), for comparison."""
+    def multiplier(step):
+        step = jnp.asarray(step, jnp.float32)
+        warmup = jnp.minimum(step / w, 1.0) if w > 0 else jnp.ones_like(step)
+        if kind == "constant":
+            return jnp.ones_like(step)
+        if kind == "warmup_constant":
+            return warmup
+        if kind == "warmup_cosine":
+            progress = jnp.clip((step - w) / max(total_steps - w, 1), 0.0, 1.0)
+            return jnp.where(step < w, warmup, 0.5 * (1.0 + jnp.cos(math.pi * progress)))
+        if kind == "inverse_sqrt":
+            return jnp.where(step < w, warmup, jnp.sqrt(max(w, 1) / jnp.maximum(step, 1.0)))
+        raise AssertionError(kind)
+    return multiplier
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("warmup,total", [(0, 40), (1, 40), (4, 40), (7, 40), (39, 40), (40, 40), (50, 40), (0, 1)])
+def test_schedule_equals_hand_formula_at_every_step(schedule, warmup, total):
+    """Every step from 0 to past the end (warmup end, decay end, total ≤ warmup, no warmup), as an array of
+    steps and as single Python ints (the logging path)."""
+    steps = np.arange(0, total + warmup + 10)
+    ours = optim.make_schedule(OptimConfig(schedule=schedule, warmup_steps=warmup), total_steps=total)
+    want = np.asarray(hand_schedule(schedule, warmup, total)(steps))
+    got = np.asarray(ours(jnp.asarray(steps, jnp.int32)))
+    assert got.dtype == np.float32 and got.shape == steps.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
+    assert np.all((got >= 0) & (got <= 1)) and got.max() == 1.0
+    for s in (0, warmup, total, total + 1):
+        np.testing.assert_allclose(float(ours(s)), float(hand_schedule(schedule, warmup, total)(s)), atol=2e-7)
