@@ -55,40 +55,20 @@ def decay_mask(params: Any) -> Any:
 # --- clipping ----------------------------------------------------------------------------------------
 
 
-def _unit_norm(x: jax.Array, stacked: bool) -> jax.Array:
-    """AGC's unit-wise norm, broadcastable to ``x``: the norm over the fan-in axis (-2) for matrices, |x|
-    for vectors and scalars. For stacked leaves the leading layer axis is never part of a unit."""
-    if x.ndim - int(stacked) >= 2:
-        return jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
-    return jnp.abs(x)
-
-
-def adaptive_grad_clip(clipping: float, eps: float = AGC_EPS) -> optax.GradientTransformation:
+def adaptive_grad_clip(clipping: float | jax.Array, eps: float = AGC_EPS) -> optax.GradientTransformation:
     """Unit-wise adaptive gradient clipping, Brock et al. 2021 ("High-Performance Large-Scale Image
     Recognition Without Normalization", §4.1): g ← g · min(1, λ·max(‖θ‖ᵤ, ε)/‖g‖ᵤ).
 
-    Written here rather than taken from ``optax.adaptive_grad_clip`` because that one reduces over every
-    axis but the last for ≥3-d leaves, i.e. over the layer axis of a stacked ``[L, in, out]`` kernel."""
+    A unit is a column over the fan-in axis (-2) of a matrix, and a single entry of a vector or scalar; for
+    stacked leaves the leading layer axis is never part of a unit. ``optax.adaptive_grad_clip`` with explicit
+    axes: its default reduces over every axis but the last of a ≥3-d leaf (the layer axis of a stacked
+    ``[L, in, out]`` kernel) and over a whole vector."""
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: "fan_in" if jnp.ndim(x) - int(_is_stacked(path)) >= 2 else "entry", params)
 
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("adaptive_grad_clip needs params: call tx.update(grads, state, params)")
-
-        def clip_leaf(path, g, p):
-            stacked = _is_stacked(path)
-            max_norm = clipping * jnp.maximum(_unit_norm(p, stacked), eps)
-            g_norm = _unit_norm(g, stacked)
-            # The 1e-6 floor only guards the unselected branch of `where` against 0/0.
-            clipped = g * (max_norm / jnp.maximum(g_norm, 1e-6))
-            return jnp.where(g_norm > max_norm, clipped, g)
-
-        return jax.tree_util.tree_map_with_path(clip_leaf, updates, params), state
-
-    return optax.GradientTransformation(init, update)
+    return optax.multi_transform({"fan_in": optax.adaptive_grad_clip(clipping, eps, axis=-2),
+                                  "entry": optax.adaptive_grad_clip(clipping, eps, axis=())}, labels)
 
 
 def clip_transform(kind: str, threshold: float | jax.Array) -> optax.GradientTransformation:
