@@ -50,10 +50,10 @@ def cross_entropy(logits_BxTxV: jax.Array, batch: dict[str, jax.Array], z_loss: 
     """Weighted cross-entropy plus z-loss c·log²Z (Wortsman et al. 2023, "Small-scale proxies")."""
     logits = logits_BxTxV.astype(jnp.float32)
     log_z_BxT = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     w = batch["weights"]
     denom = jnp.maximum(jnp.sum(w), 1.0)
-    ce = -jnp.sum(w * (target_logit - log_z_BxT)) / denom
+    ce = jnp.sum(w * ce_BxT) / denom
     zl = z_loss * jnp.sum(w * jnp.square(log_z_BxT)) / denom
     acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["targets"])) / denom
     return ce + zl, {"loss": ce, "accuracy": acc, "log_z": jnp.sum(w * log_z_BxT) / denom}
