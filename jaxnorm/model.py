@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -56,9 +57,12 @@ class Encoder(nnx.Module):
                  active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """`active_depth` (a padded model's, unbatched int32): layers from it on are skipped by `lax.cond`,
         not computed as identities; their diagnostics are zeros (jaxnorm.padding cuts them away)."""
+        chex.assert_rank(x_BxTxD, 3)  # shape checks run once, when traced
         graphdef, params, rest = nnx.split(self.blocks, nnx.Param, ...)
         state = (params, rest)
-        if deltas_LxBxTxD is None:
+        if deltas_LxBxTxD is not None:
+            chex.assert_shape(deltas_LxBxTxD, (self.depth, *x_BxTxD.shape))
+        else:
             deltas_LxBxTxD = jnp.zeros((self.depth,), x_BxTxD.dtype)  # broadcasts as a scalar 0 per layer
 
         def run(x, params_l, rest_l, index):
@@ -153,10 +157,13 @@ class Model(nnx.Module):
     def __call__(self, tokens_BxT: jax.Array, *, train: bool = False, deltas_LxBxTxD: jax.Array | None = None,
                  active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]. `active_depth`: see Encoder."""
+        chex.assert_rank(tokens_BxT, 2)
         x_BxTxD = self.embed(tokens_BxT)
         x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD,
                                       active_depth=active_depth)
-        return self.unembed(x_BxTxD, train=train), diags
+        logits_BxTxV = self.unembed(x_BxTxD, train=train)
+        chex.assert_shape(logits_BxTxV, (*tokens_BxT.shape, self.cfg.vocab_size))
+        return logits_BxTxV, diags
 
     def _set_admin_omega(self, key: jax.Array, depth: int | jax.Array) -> None:
         """Admin's ω (Liu et al. 2020): closed form, or from one profiling forward pass with ω = 1."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -129,6 +130,7 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
         out["param_norm"] = param_L
         out["update_ratio"] = per_layer_norm(updates) / jnp.maximum(param_L, _TINY)
     if cfg.activations:
+        chex.assert_rank(act_grads_LxBxTxD, 4)
         out["act_grad_norm"] = jnp.sqrt(_sq_per_layer(act_grads_LxBxTxD))
         out["act_rms"] = diags["act_rms"]
         out["branch_ratio"] = diags["branch_ratio"]
@@ -138,6 +140,8 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
     if cfg.alignment:
         out["token_alignment"] = diags["token_alignment"]
         out["rank1_residual"] = diags["rank1_residual"]
+    if out:  # every statistic is per layer: one leading axis L for all
+        chex.assert_equal_shape_prefix(list(out.values()), 1)
     return out
 
 
@@ -151,6 +155,7 @@ def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: 
     `state_l` is layer l's slice of the stacked state (its block state and its index l).
     The zero deltas of the train step are omitted: adding zero does not change the map. `active_depth`: a
     padded model's (unbatched), so the layers from it on are skipped (`skipping`), not computed as identities."""
+    chex.assert_rank(tokens_BxT, 2)
     model = nnx.merge(graphdef, params, rest)
     x0_BxTxD = model.embed(tokens_BxT)
     block_graphdef, stacked = nnx.split(model.encoder.blocks)

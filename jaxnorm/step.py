@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,6 +49,8 @@ class TrainState(NamedTuple):
 
 def cross_entropy(logits_BxTxV: jax.Array, batch: dict[str, jax.Array], z_loss: float) -> tuple[jax.Array, dict]:
     """Weighted cross-entropy plus z-loss c·log²Z (Wortsman et al. 2023, "Small-scale proxies")."""
+    chex.assert_rank(logits_BxTxV, 3)
+    chex.assert_shape([batch["targets"], batch["weights"]], logits_BxTxV.shape[:2])
     logits = logits_BxTxV.astype(jnp.float32)
     log_z_BxT = jax.nn.logsumexp(logits, axis=-1)
     ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
