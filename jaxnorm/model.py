@@ -155,12 +155,20 @@ class Model(nnx.Module):
         return self.head(x_BxTxD)
 
     def __call__(self, tokens_BxT: jax.Array, *, train: bool = False, deltas_LxBxTxD: jax.Array | None = None,
-                 active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]. `active_depth`: see Encoder."""
+                 active_depth: jax.Array | None = None, delta_out_BxTxD: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]. `active_depth`: see Encoder.
+
+        `delta_out_BxTxD` is added to the stack's output x_L before the final norm and head (zeros: its
+        gradient is ∂loss/∂x_L); with it, the diagnostics also hold `out_act_rms` [], the RMS of x_L."""
         chex.assert_rank(tokens_BxT, 2)
         x_BxTxD = self.embed(tokens_BxT)
         x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD,
                                       active_depth=active_depth)
+        if delta_out_BxTxD is not None:
+            chex.assert_equal_shape([delta_out_BxTxD, x_BxTxD])
+            diags = {**diags, "out_act_rms": jnp.sqrt(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32))))}
+            x_BxTxD = x_BxTxD + delta_out_BxTxD
         logits_BxTxV = self.unembed(x_BxTxD, train=train)
         chex.assert_shape(logits_BxTxV, (*tokens_BxT.shape, self.cfg.vocab_size))
         return logits_BxTxV, diags
@@ -196,11 +204,13 @@ def graphdef_of(cfg: ModelConfig) -> nnx.GraphDef:
 
 
 def apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, tokens_BxT: jax.Array, *,
-          train: bool, deltas_LxBxTxD: jax.Array | None = None,
-          active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
+          train: bool, deltas_LxBxTxD: jax.Array | None = None, active_depth: jax.Array | None = None,
+          delta_out_BxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
     """Pure forward pass: (logits, per-layer diagnostics, updated rest). `active_depth`: a padded model's
-    active depth as an unbatched argument, so that its inactive layers are skipped (see Encoder)."""
+    active depth as an unbatched argument, so that its inactive layers are skipped (see Encoder);
+    `delta_out_BxTxD`: see Model."""
     # copy=True: the caller's state may be closed over from an outer trace, whose Variables must not be mutated.
     model = nnx.merge(graphdef, params, rest, copy=True)
-    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth)
+    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth,
+                          delta_out_BxTxD=delta_out_BxTxD)
     return logits, diags, nnx.state(model, nnx.Not(nnx.Param))

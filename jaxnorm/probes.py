@@ -111,13 +111,16 @@ def first_nonfinite_layer(grads: Any) -> jax.Array:
 
 
 def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Array | None,
-                diags: dict[str, jax.Array], cfg: ProbeConfig) -> dict[str, jax.Array]:
+                diags: dict[str, jax.Array], cfg: ProbeConfig,
+                out_act_grad_BxTxD: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-layer probes of one train step; a key is present only when its ProbeConfig family is on.
 
     grads:       `grad_norm/<group>` [L] ‖∂loss/∂θ_l‖ per group; `param_norm` [L] ‖θ_l‖;
                  `update_ratio` [L] ‖Δθ_l‖/‖θ_l‖ with Δθ the optimizer's update.
     activations: `act_grad_norm` [L] ‖∂loss/∂x_l‖_F over (B, T, D) of the stream entering layer l;
-                 `act_rms` [L] RMS of x_l; `branch_ratio` [L, 2] ‖F(x)‖/‖x‖ of the attention/MLP branch.
+                 `act_rms` [L] RMS of x_l; `branch_ratio` [L, 2] ‖F(x)‖/‖x‖ of the attention/MLP branch;
+                 with `out_act_grad_BxTxD` (∂loss/∂x_L) and diags' `out_act_rms`, the stack's output x_L
+                 too: `out_act_grad_norm` [] ‖∂loss/∂x_L‖_F and `out_act_rms` [] RMS of x_L.
     attention:   `attn_entropy`, `attn_logit_max` [L, H] (entropy collapse: Zhai et al. 2023; logit
                  growth: Wortsman et al. 2023).
     alignment:   `token_alignment` [L] mean pairwise cosine of tokens and `rank1_residual` [L] distance
@@ -142,6 +145,10 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
         out["rank1_residual"] = diags["rank1_residual"]
     if out:  # every statistic is per layer: one leading axis L for all
         chex.assert_equal_shape_prefix(list(out.values()), 1)
+    if cfg.activations and out_act_grad_BxTxD is not None:
+        chex.assert_rank(out_act_grad_BxTxD, 3)
+        out["out_act_grad_norm"] = jnp.sqrt(_sqnorm(out_act_grad_BxTxD))
+        out["out_act_rms"] = diags["out_act_rms"]
     return out
 
 

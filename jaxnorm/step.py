@@ -100,8 +100,12 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
                           jnp.asarray(hparams["clip_value"], jnp.float32), jnp.asarray(True))
 
     def loss_fn(params, deltas, rest, batch, active_depth):
+        # deltas: None, or zeros added to every layer's input and to the stack's output (x_L), whose
+        # gradients are ∂loss/∂x_l and ∂loss/∂x_L.
+        deltas_LxBxTxD, delta_out_BxTxD = deltas if deltas is not None else (None, None)
         logits, diags, new_rest = model_lib.apply(graphdef, params, rest, batch["inputs"], train=True,
-                                                  deltas_LxBxTxD=deltas, active_depth=active_depth)
+                                                  deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth,
+                                                  delta_out_BxTxD=delta_out_BxTxD)
         total, metrics = cross_entropy(logits, batch, train_cfg.z_loss)
         return total, (metrics, diags, new_rest)
 
@@ -112,11 +116,11 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         was. `active_depth`: a padded model's, unbatched (see model.Encoder)."""
         del key  # no stochastic layers; kept so the step's signature is stable
         B, T = batch["inputs"].shape
-        deltas = jnp.zeros((L, B, T, D), jnp.float32) if with_probes else None
+        deltas = (jnp.zeros((L, B, T, D), jnp.float32), jnp.zeros((B, T, D), jnp.float32)) if with_probes else None
         argnums = (0, 1) if with_probes else 0
         (_, (metrics, diags, new_rest)), g = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
             state.params, deltas, state.rest, batch, active_depth)
-        grads, act_grads = g if with_probes else (g, None)
+        grads, (act_grads, out_act_grad) = g if with_probes else (g, (None, None))
 
         clip = optim.clip_transform(optim_cfg.clip, state.clip_value)
         clipped, _ = clip.update(grads, clip.init(state.params), state.params)
@@ -162,7 +166,8 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         go = jnp.asarray(apply_update) & state.running
         new_state = jax.tree.map(lambda n, o: jnp.where(go, n, o), new_state, state)
         if with_probes:
-            metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg)
+            metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg,
+                                                   out_act_grad_BxTxD=out_act_grad)
             if probe_cfg.amplification:  # output change caused by this very update (Liu et al. 2020)
                 metrics["layers"]["amplification"] = probes.amplification(
                     graphdef, state.params, new_params, state.rest, batch["inputs"], active_depth)
