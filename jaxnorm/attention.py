@@ -36,7 +36,7 @@ class PowerIterState(nnx.Variable):
 
 def causal_mask(T: int) -> jax.Array:
     """Boolean [T, T] mask, True where query i may attend to key j (j ≤ i)."""
-    return jnp.tril(jnp.ones((T, T), dtype=bool))
+    return nnx.make_causal_mask(jnp.ones((T,)), dtype=jnp.bool_)[0]  # flax's is [1, T, T]: one "head" axis
 
 
 def attention_weights(logits_BxHxTxT: jax.Array, mask_TxT: jax.Array | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -56,9 +57,12 @@ class Encoder(nnx.Module):
                  active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """`active_depth` (a padded model's, unbatched int32): layers from it on are skipped by `lax.cond`,
         not computed as identities; their diagnostics are zeros (jaxnorm.padding cuts them away)."""
+        chex.assert_rank(x_BxTxD, 3)  # shape checks run once, when traced
         graphdef, params, rest = nnx.split(self.blocks, nnx.Param, ...)
         state = (params, rest)
-        if deltas_LxBxTxD is None:
+        if deltas_LxBxTxD is not None:
+            chex.assert_shape(deltas_LxBxTxD, (self.depth, *x_BxTxD.shape))
+        else:
             deltas_LxBxTxD = jnp.zeros((self.depth,), x_BxTxD.dtype)  # broadcasts as a scalar 0 per layer
 
         def run(x, params_l, rest_l, index):
@@ -151,12 +155,23 @@ class Model(nnx.Module):
         return self.head(x_BxTxD)
 
     def __call__(self, tokens_BxT: jax.Array, *, train: bool = False, deltas_LxBxTxD: jax.Array | None = None,
-                 active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]. `active_depth`: see Encoder."""
+                 active_depth: jax.Array | None = None, delta_out_BxTxD: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Logits [B, T, V] and per-layer diagnostics, each stacked [L, ...]. `active_depth`: see Encoder.
+
+        `delta_out_BxTxD` is added to the stack's output x_L before the final norm and head (zeros: its
+        gradient is ∂loss/∂x_L); with it, the diagnostics also hold `out_act_rms` [], the RMS of x_L."""
+        chex.assert_rank(tokens_BxT, 2)
         x_BxTxD = self.embed(tokens_BxT)
         x_BxTxD, diags = self.encoder(x_BxTxD, train=train, deltas_LxBxTxD=deltas_LxBxTxD,
                                       active_depth=active_depth)
-        return self.unembed(x_BxTxD, train=train), diags
+        if delta_out_BxTxD is not None:
+            chex.assert_equal_shape([delta_out_BxTxD, x_BxTxD])
+            diags = {**diags, "out_act_rms": jnp.sqrt(jnp.mean(jnp.square(x_BxTxD.astype(jnp.float32))))}
+            x_BxTxD = x_BxTxD + delta_out_BxTxD
+        logits_BxTxV = self.unembed(x_BxTxD, train=train)
+        chex.assert_shape(logits_BxTxV, (*tokens_BxT.shape, self.cfg.vocab_size))
+        return logits_BxTxV, diags
 
     def _set_admin_omega(self, key: jax.Array, depth: int | jax.Array) -> None:
         """Admin's ω (Liu et al. 2020): closed form, or from one profiling forward pass with ω = 1."""
@@ -189,11 +204,13 @@ def graphdef_of(cfg: ModelConfig) -> nnx.GraphDef:
 
 
 def apply(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, tokens_BxT: jax.Array, *,
-          train: bool, deltas_LxBxTxD: jax.Array | None = None,
-          active_depth: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
+          train: bool, deltas_LxBxTxD: jax.Array | None = None, active_depth: jax.Array | None = None,
+          delta_out_BxTxD: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any], nnx.State]:
     """Pure forward pass: (logits, per-layer diagnostics, updated rest). `active_depth`: a padded model's
-    active depth as an unbatched argument, so that its inactive layers are skipped (see Encoder)."""
+    active depth as an unbatched argument, so that its inactive layers are skipped (see Encoder);
+    `delta_out_BxTxD`: see Model."""
     # copy=True: the caller's state may be closed over from an outer trace, whose Variables must not be mutated.
     model = nnx.merge(graphdef, params, rest, copy=True)
-    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth)
+    logits, diags = model(tokens_BxT, train=train, deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth,
+                          delta_out_BxTxD=delta_out_BxTxD)
     return logits, diags, nnx.state(model, nnx.Not(nnx.Param))

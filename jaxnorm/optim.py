@@ -20,7 +20,6 @@ Typical use::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import jax
@@ -56,40 +55,20 @@ def decay_mask(params: Any) -> Any:
 # --- clipping ----------------------------------------------------------------------------------------
 
 
-def _unit_norm(x: jax.Array, stacked: bool) -> jax.Array:
-    """AGC's unit-wise norm, broadcastable to ``x``: the norm over the fan-in axis (-2) for matrices, |x|
-    for vectors and scalars. For stacked leaves the leading layer axis is never part of a unit."""
-    if x.ndim - int(stacked) >= 2:
-        return jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
-    return jnp.abs(x)
-
-
-def adaptive_grad_clip(clipping: float, eps: float = AGC_EPS) -> optax.GradientTransformation:
+def adaptive_grad_clip(clipping: float | jax.Array, eps: float = AGC_EPS) -> optax.GradientTransformation:
     """Unit-wise adaptive gradient clipping, Brock et al. 2021 ("High-Performance Large-Scale Image
     Recognition Without Normalization", §4.1): g ← g · min(1, λ·max(‖θ‖ᵤ, ε)/‖g‖ᵤ).
 
-    Written here rather than taken from ``optax.adaptive_grad_clip`` because that one reduces over every
-    axis but the last for ≥3-d leaves, i.e. over the layer axis of a stacked ``[L, in, out]`` kernel."""
+    A unit is a column over the fan-in axis (-2) of a matrix, and a single entry of a vector or scalar; for
+    stacked leaves the leading layer axis is never part of a unit. ``optax.adaptive_grad_clip`` with explicit
+    axes: its default reduces over every axis but the last of a ≥3-d leaf (the layer axis of a stacked
+    ``[L, in, out]`` kernel) and over a whole vector."""
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: "fan_in" if jnp.ndim(x) - int(_is_stacked(path)) >= 2 else "entry", params)
 
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("adaptive_grad_clip needs params: call tx.update(grads, state, params)")
-
-        def clip_leaf(path, g, p):
-            stacked = _is_stacked(path)
-            max_norm = clipping * jnp.maximum(_unit_norm(p, stacked), eps)
-            g_norm = _unit_norm(g, stacked)
-            # The 1e-6 floor only guards the unselected branch of `where` against 0/0.
-            clipped = g * (max_norm / jnp.maximum(g_norm, 1e-6))
-            return jnp.where(g_norm > max_norm, clipped, g)
-
-        return jax.tree_util.tree_map_with_path(clip_leaf, updates, params), state
-
-    return optax.GradientTransformation(init, update)
+    return optax.multi_transform({"fan_in": optax.adaptive_grad_clip(clipping, eps, axis=-2),
+                                  "entry": optax.adaptive_grad_clip(clipping, eps, axis=())}, labels)
 
 
 def clip_transform(kind: str, threshold: float | jax.Array) -> optax.GradientTransformation:
@@ -122,29 +101,33 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> Schedule:
     * ``constant``: 1.
     * ``warmup_constant``: step/W for step < W, then 1.
     * ``warmup_cosine``: warmup, then ½(1 + cos(π·(step−W)/(total−W))), reaching 0 at ``total_steps``
-      (Loshchilov & Hutter 2017, SGDR, without restarts; = ``optax.warmup_cosine_decay_schedule``).
+      (Loshchilov & Hutter 2017, SGDR, without restarts; ``optax.warmup_cosine_decay_schedule``). With
+      total ≤ W the decay takes one step.
     * ``inverse_sqrt``: warmup, then √(W/step) (Vaswani et al. 2017, §5.3). With W = 0 it is
       1/√max(step, 1)."""
     w = cfg.warmup_steps
     kind = cfg.schedule
-
-    def warmup(step):
-        return jnp.minimum(step / w, 1.0) if w > 0 else jnp.ones_like(step)
+    if kind == "constant":
+        schedule = optax.constant_schedule(1.0)
+    elif kind == "warmup_constant":
+        # optax's linear_schedule with 0 steps holds its *initial* value (0): W = 0 needs no warmup at all.
+        schedule = (optax.join_schedules([optax.linear_schedule(0.0, 1.0, w), optax.constant_schedule(1.0)], [w])
+                    if w > 0 else optax.constant_schedule(1.0))
+    elif kind == "warmup_cosine":
+        # optax refuses a cosine decay of ≤ 0 steps; at least one keeps total ≤ W runnable.
+        schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, w, max(total_steps, w + 1), end_value=0.0)
+    elif kind == "inverse_sqrt":
+        # Hand-written: optax has no inverse-square-root schedule.
+        def schedule(step):
+            warmup = jnp.minimum(step / w, 1.0) if w > 0 else jnp.ones_like(step)
+            return jnp.where(step < w, warmup, jnp.sqrt(max(w, 1) / jnp.maximum(step, 1.0)))
+    else:
+        raise ValueError(f"OptimConfig.schedule: invalid value {kind!r}")
 
     def multiplier(step):
         step = jnp.asarray(step, jnp.float32)
-        if kind == "constant":
-            return jnp.ones_like(step)
-        if kind == "warmup_constant":
-            return warmup(step)
-        if kind == "warmup_cosine":
-            progress = jnp.clip((step - w) / max(total_steps - w, 1), 0.0, 1.0)
-            cosine = 0.5 * (1.0 + jnp.cos(math.pi * progress))
-            return jnp.where(step < w, warmup(step), cosine)
-        if kind == "inverse_sqrt":
-            decay = jnp.sqrt(max(w, 1) / jnp.maximum(step, 1.0))
-            return jnp.where(step < w, warmup(step), decay)
-        raise ValueError(f"OptimConfig.schedule: invalid value {kind!r}")
+        # float32 whatever the schedule returns (optax's constant gives a Python float), like the step.
+        return jnp.broadcast_to(jnp.asarray(schedule(step), jnp.float32), step.shape)
 
     return multiplier
 

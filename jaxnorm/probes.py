@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -110,13 +111,16 @@ def first_nonfinite_layer(grads: Any) -> jax.Array:
 
 
 def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Array | None,
-                diags: dict[str, jax.Array], cfg: ProbeConfig) -> dict[str, jax.Array]:
+                diags: dict[str, jax.Array], cfg: ProbeConfig,
+                out_act_grad_BxTxD: jax.Array | None = None) -> dict[str, jax.Array]:
     """Per-layer probes of one train step; a key is present only when its ProbeConfig family is on.
 
     grads:       `grad_norm/<group>` [L] ‖∂loss/∂θ_l‖ per group; `param_norm` [L] ‖θ_l‖;
                  `update_ratio` [L] ‖Δθ_l‖/‖θ_l‖ with Δθ the optimizer's update.
     activations: `act_grad_norm` [L] ‖∂loss/∂x_l‖_F over (B, T, D) of the stream entering layer l;
-                 `act_rms` [L] RMS of x_l; `branch_ratio` [L, 2] ‖F(x)‖/‖x‖ of the attention/MLP branch.
+                 `act_rms` [L] RMS of x_l; `branch_ratio` [L, 2] ‖F(x)‖/‖x‖ of the attention/MLP branch;
+                 with `out_act_grad_BxTxD` (∂loss/∂x_L) and diags' `out_act_rms`, the stack's output x_L
+                 too: `out_act_grad_norm` [] ‖∂loss/∂x_L‖_F and `out_act_rms` [] RMS of x_L.
     attention:   `attn_entropy`, `attn_logit_max` [L, H] (entropy collapse: Zhai et al. 2023; logit
                  growth: Wortsman et al. 2023).
     alignment:   `token_alignment` [L] mean pairwise cosine of tokens and `rank1_residual` [L] distance
@@ -129,6 +133,7 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
         out["param_norm"] = param_L
         out["update_ratio"] = per_layer_norm(updates) / jnp.maximum(param_L, _TINY)
     if cfg.activations:
+        chex.assert_rank(act_grads_LxBxTxD, 4)
         out["act_grad_norm"] = jnp.sqrt(_sq_per_layer(act_grads_LxBxTxD))
         out["act_rms"] = diags["act_rms"]
         out["branch_ratio"] = diags["branch_ratio"]
@@ -138,6 +143,12 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
     if cfg.alignment:
         out["token_alignment"] = diags["token_alignment"]
         out["rank1_residual"] = diags["rank1_residual"]
+    if out:  # every statistic is per layer: one leading axis L for all
+        chex.assert_equal_shape_prefix(list(out.values()), 1)
+    if cfg.activations and out_act_grad_BxTxD is not None:
+        chex.assert_rank(out_act_grad_BxTxD, 3)
+        out["out_act_grad_norm"] = jnp.sqrt(_sqnorm(out_act_grad_BxTxD))
+        out["out_act_rms"] = diags["out_act_rms"]
     return out
 
 
@@ -151,6 +162,7 @@ def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: 
     `state_l` is layer l's slice of the stacked state (its block state and its index l).
     The zero deltas of the train step are omitted: adding zero does not change the map. `active_depth`: a
     padded model's (unbatched), so the layers from it on are skipped (`skipping`), not computed as identities."""
+    chex.assert_rank(tokens_BxT, 2)
     model = nnx.merge(graphdef, params, rest)
     x0_BxTxD = model.embed(tokens_BxT)
     block_graphdef, stacked = nnx.split(model.encoder.blocks)

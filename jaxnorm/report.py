@@ -45,6 +45,8 @@ def with_spread(value: float, lo: float, hi: float) -> str:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
+    # Not DataFrame.to_markdown: tabulate pads each cell to its column's width, which changes every row's
+    # text (tests/test_report.py checks rows verbatim), and it needs the tabulate package.
     head = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in table.itertuples(index=False))
 

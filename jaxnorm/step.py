@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -48,12 +49,14 @@ class TrainState(NamedTuple):
 
 def cross_entropy(logits_BxTxV: jax.Array, batch: dict[str, jax.Array], z_loss: float) -> tuple[jax.Array, dict]:
     """Weighted cross-entropy plus z-loss c·log²Z (Wortsman et al. 2023, "Small-scale proxies")."""
+    chex.assert_rank(logits_BxTxV, 3)
+    chex.assert_shape([batch["targets"], batch["weights"]], logits_BxTxV.shape[:2])
     logits = logits_BxTxV.astype(jnp.float32)
     log_z_BxT = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     w = batch["weights"]
     denom = jnp.maximum(jnp.sum(w), 1.0)
-    ce = -jnp.sum(w * (target_logit - log_z_BxT)) / denom
+    ce = jnp.sum(w * ce_BxT) / denom
     zl = z_loss * jnp.sum(w * jnp.square(log_z_BxT)) / denom
     acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["targets"])) / denom
     return ce + zl, {"loss": ce, "accuracy": acc, "log_z": jnp.sum(w * log_z_BxT) / denom}
@@ -97,8 +100,12 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
                           jnp.asarray(hparams["clip_value"], jnp.float32), jnp.asarray(True))
 
     def loss_fn(params, deltas, rest, batch, active_depth):
+        # deltas: None, or zeros added to every layer's input and to the stack's output (x_L), whose
+        # gradients are ∂loss/∂x_l and ∂loss/∂x_L.
+        deltas_LxBxTxD, delta_out_BxTxD = deltas if deltas is not None else (None, None)
         logits, diags, new_rest = model_lib.apply(graphdef, params, rest, batch["inputs"], train=True,
-                                                  deltas_LxBxTxD=deltas, active_depth=active_depth)
+                                                  deltas_LxBxTxD=deltas_LxBxTxD, active_depth=active_depth,
+                                                  delta_out_BxTxD=delta_out_BxTxD)
         total, metrics = cross_entropy(logits, batch, train_cfg.z_loss)
         return total, (metrics, diags, new_rest)
 
@@ -109,11 +116,11 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         was. `active_depth`: a padded model's, unbatched (see model.Encoder)."""
         del key  # no stochastic layers; kept so the step's signature is stable
         B, T = batch["inputs"].shape
-        deltas = jnp.zeros((L, B, T, D), jnp.float32) if with_probes else None
+        deltas = (jnp.zeros((L, B, T, D), jnp.float32), jnp.zeros((B, T, D), jnp.float32)) if with_probes else None
         argnums = (0, 1) if with_probes else 0
         (_, (metrics, diags, new_rest)), g = jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)(
             state.params, deltas, state.rest, batch, active_depth)
-        grads, act_grads = g if with_probes else (g, None)
+        grads, (act_grads, out_act_grad) = g if with_probes else (g, (None, None))
 
         clip = optim.clip_transform(optim_cfg.clip, state.clip_value)
         clipped, _ = clip.update(grads, clip.init(state.params), state.params)
@@ -159,7 +166,8 @@ def build_step_fns(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: Tr
         go = jnp.asarray(apply_update) & state.running
         new_state = jax.tree.map(lambda n, o: jnp.where(go, n, o), new_state, state)
         if with_probes:
-            metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg)
+            metrics["layers"] = probes.layer_stats(state.params, grads, updates, act_grads, diags, probe_cfg,
+                                                   out_act_grad_BxTxD=out_act_grad)
             if probe_cfg.amplification:  # output change caused by this very update (Liu et al. 2020)
                 metrics["layers"]["amplification"] = probes.amplification(
                     graphdef, state.params, new_params, state.rest, batch["inputs"], active_depth)

@@ -152,6 +152,14 @@ def test_causal_mask_blocks_the_future(form):
     assert np.all(J_TxT[np.tril_indices(T, -1)] > 1e-6)  # the past does matter
 
 
+@pytest.mark.parametrize("t", [1, 2, 7])
+def test_causal_mask_equals_lower_triangle(t):
+    from jaxnorm.attention import causal_mask
+    mask = np.asarray(causal_mask(t))
+    assert mask.dtype == np.bool_ and mask.shape == (t, t)
+    np.testing.assert_array_equal(mask, np.tril(np.ones((t, t), bool)))
+
+
 def test_l2_is_tied_and_non_positive():
     m = Attention(_cfg("l2"), rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(m, nnx.Param))

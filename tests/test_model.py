@@ -190,3 +190,20 @@ def test_sequence_mixing_norms_refuse_causal():
     for norm in SEQUENCE_MIXING_NORMS:
         with pytest.raises(ValueError, match="causal"):
             ModelConfig(norm=norm, causal=True)
+
+
+def test_shape_checks_at_the_boundaries():
+    """Wrong ranks and shapes fail when traced, with chex's message, not as a broadcast deep inside."""
+    from jaxnorm.step import cross_entropy
+    cfg = ModelConfig(depth=2, d_model=16, num_heads=2, d_ff=32, vocab_size=11, max_len=6)
+    graphdef, params, rest = model_lib.init(cfg, jax.random.key(0))
+    tokens = jnp.zeros((2, 5), jnp.int32)
+    logits, _, _ = model_lib.apply(graphdef, params, rest, tokens, train=False)
+    assert logits.shape == (2, 5, 11)
+    with pytest.raises(AssertionError, match="rank"):
+        model_lib.apply(graphdef, params, rest, tokens[0], train=False)
+    with pytest.raises(AssertionError, match="shape"):
+        model_lib.apply(graphdef, params, rest, tokens, train=True, deltas_LxBxTxD=jnp.zeros((3, 2, 5, 16)))
+    batch = {"targets": jnp.zeros((2, 5), jnp.int32), "weights": jnp.ones((2, 4))}
+    with pytest.raises(AssertionError, match="shape"):
+        cross_entropy(logits, batch, 0.0)

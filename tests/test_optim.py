@@ -259,3 +259,72 @@ def test_adafactor_treats_each_layer_as_its_own_tensor():
         p_i, g_i = params["blocks"]["mlp"]["kernel"][i], grads["blocks"]["mlp"]["kernel"][i]
         u_i, _ = ref.update(g_i, ref.init(p_i), p_i)
         np.testing.assert_allclose(updates["blocks"]["mlp"]["kernel"][i], u_i, rtol=1e-5, atol=1e-8)
+
+
+def hand_schedule(kind, w, total_steps):
+    """The multiplier written out by hand (the formulas in make_schedule's docstring), for comparison."""
+    def multiplier(step):
+        step = jnp.asarray(step, jnp.float32)
+        warmup = jnp.minimum(step / w, 1.0) if w > 0 else jnp.ones_like(step)
+        if kind == "constant":
+            return jnp.ones_like(step)
+        if kind == "warmup_constant":
+            return warmup
+        if kind == "warmup_cosine":
+            progress = jnp.clip((step - w) / max(total_steps - w, 1), 0.0, 1.0)
+            return jnp.where(step < w, warmup, 0.5 * (1.0 + jnp.cos(math.pi * progress)))
+        if kind == "inverse_sqrt":
+            return jnp.where(step < w, warmup, jnp.sqrt(max(w, 1) / jnp.maximum(step, 1.0)))
+        raise AssertionError(kind)
+    return multiplier
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("warmup,total", [(0, 40), (1, 40), (4, 40), (7, 40), (39, 40), (40, 40), (50, 40), (0, 1)])
+def test_schedule_equals_hand_formula_at_every_step(schedule, warmup, total):
+    """Every step from 0 to past the end (warmup end, decay end, total ≤ warmup, no warmup), as an array of
+    steps and as single Python ints (the logging path)."""
+    steps = np.arange(0, total + warmup + 10)
+    ours = optim.make_schedule(OptimConfig(schedule=schedule, warmup_steps=warmup), total_steps=total)
+    want = np.asarray(hand_schedule(schedule, warmup, total)(steps))
+    got = np.asarray(ours(jnp.asarray(steps, jnp.int32)))
+    assert got.dtype == np.float32 and got.shape == steps.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
+    assert np.all((got >= 0) & (got <= 1)) and got.max() == 1.0
+    for s in (0, warmup, total, total + 1):
+        np.testing.assert_allclose(float(ours(s)), float(hand_schedule(schedule, warmup, total)(s)), atol=2e-7)
+
+
+def hand_agc(grads, params, lam, eps=optim.AGC_EPS):
+    """Unit-wise AGC written out in jnp: fan-in columns of matrices (never across the layer axis of a
+    stacked leaf), single entries of vectors and scalars."""
+    def leaf(path, g, p):
+        stacked = "blocks" in jax.tree_util.keystr(path)
+
+        def unit_norm(x):
+            if x.ndim - int(stacked) >= 2:
+                return jnp.sqrt(jnp.sum(jnp.square(x), axis=-2, keepdims=True))
+            return jnp.abs(x)
+        max_norm, g_norm = lam * jnp.maximum(unit_norm(p), eps), unit_norm(g)
+        return jnp.where(g_norm > max_norm, g * (max_norm / jnp.maximum(g_norm, 1e-6)), g)
+    return jax.tree_util.tree_map_with_path(leaf, grads, params)
+
+
+@pytest.mark.parametrize("lam", [0.05, 0.5, float("inf")])
+def test_agc_equals_hand_formula_with_zero_weights(lam):
+    """Stacked and unstacked leaves, with some weights all zero (the ε floor decides their clip) and some
+    gradients zero; an infinite threshold (a run without clipping packed with clipped ones) is the identity."""
+    params, grads = tiny_params(), tiny_grads(scale=2.0)
+    params["blocks"]["norm"]["bias"] = jnp.zeros((L, 4))                     # zero-initialised, stacked
+    params["head"]["kernel"] = params["head"]["kernel"].at[:, 2].set(0.0)    # one zero unit, unstacked
+    params["blocks"]["mlp"]["kernel"] = params["blocks"]["mlp"]["kernel"].at[1].set(0.0)  # one zero layer
+    grads["blocks"]["gate"] = grads["blocks"]["gate"].at[0].set(0.0)
+    tx = optim.adaptive_grad_clip(lam)
+    got, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    want = hand_agc(grads, params, lam)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-9)
+    if np.isinf(lam):
+        chex.assert_trees_all_equal(got, grads)
+    else:  # the ε floor acts: a zero layer's gradient is clipped to norm λ·ε per unit
+        col_norms = np.linalg.norm(np.asarray(got["blocks"]["mlp"]["kernel"][1]), axis=0)
+        np.testing.assert_allclose(col_norms, lam * optim.AGC_EPS, rtol=1e-5)

@@ -290,6 +290,35 @@ def test_uniform_attention_entropy_through_model(causal):
     np.testing.assert_allclose(stats["attn_logit_max"], 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("block", ["pre_ln", "post_ln"])
+def test_stack_output_stats_match_direct_gradient(block):
+    """The train step's `out_act_grad_norm` and `out_act_rms` against plain jax.grad of the loss (z-loss
+    included) with respect to x_L, the unscanned stack's output, before the final norm and head."""
+    from jaxnorm.step import build_step_fns
+    cfg = TINY.replace(block=block)
+    train_cfg = TrainConfig(task="copy", steps=4, batch_size=B, seq_len=T, z_loss=1e-2, progress=False)
+    fns = build_step_fns(cfg, OptimConfig(), train_cfg, ProbeConfig(jacobian=False))
+    state = fns.init_state(jax.random.key(1), {"lr": 1e-3, "weight_decay": 0.0, "clip_value": 1.0})
+    _, _, _, batch = setup(cfg)
+    _, metrics = jit(fns.train_step, static_argnums=3)(state, batch, jax.random.key(2), True)
+    layers = metrics["layers"]
+    assert layers["out_act_grad_norm"].shape == () and layers["out_act_rms"].shape == ()
+    assert layers["act_grad_norm"].shape == (cfg.depth,)  # the per-layer metrics keep their shape
+
+    @jit
+    def reference(params, rest):
+        xs, _, model = unscanned_stream(fns.graphdef, params, rest, batch["inputs"], train=True)
+        x_L = xs[-1]
+        g = jax.grad(lambda x: cross_entropy(model.unembed(x, train=True), batch, train_cfg.z_loss)[0])(x_L)
+        return jnp.linalg.norm(g), jnp.sqrt(jnp.mean(jnp.square(x_L)))
+
+    grad_norm, rms = reference(state.params, state.rest)
+    np.testing.assert_allclose(layers["out_act_grad_norm"], grad_norm, rtol=1e-4)
+    np.testing.assert_allclose(layers["out_act_rms"], rms, rtol=1e-5)
+    # x_L is a new point, not the last layer's input x_{L-1}.
+    assert abs(float(grad_norm) / float(layers["act_grad_norm"][-1]) - 1) > 1e-3
+
+
 # --- every block variant; amplification ---------------------------------------------------------------
 
 FAST_BLOCKS = ("pre_ln", "post_ln", "rezero", "admin", "normformer")  # the rest only with -m slow: ~5 s each on CPU

@@ -123,6 +123,41 @@ def test_z_loss_gradient_matches_hand_derivative():
     np.testing.assert_allclose(g_with - g_without, expected, rtol=1e-5, atol=1e-7)
 
 
+def hand_cross_entropy(logits, batch, z_loss):
+    """The weighted CE and z-loss written out: log Z − logit of the target, averaged over the weights."""
+    logits = logits.astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, batch["targets"][..., None], axis=-1)[..., 0]
+    w = batch["weights"]
+    denom = jnp.maximum(jnp.sum(w), 1.0)
+    ce = -jnp.sum(w * (target - log_z)) / denom
+    return ce + z_loss * jnp.sum(w * jnp.square(log_z)) / denom, ce, jnp.sum(w * log_z) / denom
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+@pytest.mark.parametrize("weights", ["ones", "with_zeros", "all_zero"])
+def test_cross_entropy_equals_hand_formula(scale, weights):
+    """Large logits (log Z ≈ max logit) and weights with zeros (masked positions must not count, even with
+    a huge loss there); the loss's gradient too."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    logits = (scale * jax.random.normal(k1, (3, 4, 7))).astype(jnp.bfloat16 if scale == 1.0 else jnp.float32)
+    targets = jax.random.randint(k2, (3, 4), 0, 7)
+    w = {"ones": jnp.ones((3, 4)), "with_zeros": jnp.ones((3, 4)).at[0].set(0.0).at[2, 1].set(0.0),
+         "all_zero": jnp.zeros((3, 4))}[weights]
+    batch = {"targets": targets, "weights": w}
+    total, metrics = cross_entropy(logits, batch, 1e-3)
+    want_total, want_ce, want_log_z = hand_cross_entropy(logits, batch, 1e-3)
+    np.testing.assert_allclose(total, want_total, rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], want_ce, rtol=1e-6)
+    np.testing.assert_allclose(metrics["log_z"], want_log_z, rtol=1e-6)
+    assert np.isfinite(float(total)) and (weights == "all_zero") == (float(total) == 0.0)
+    g = jax.grad(lambda z: cross_entropy(z, batch, 1e-3)[0])(logits.astype(jnp.float32))
+    want_g = jax.grad(lambda z: hand_cross_entropy(z, batch, 1e-3)[0])(logits.astype(jnp.float32))
+    np.testing.assert_allclose(g, want_g, rtol=1e-5, atol=1e-7)
+    if weights == "with_zeros":
+        np.testing.assert_array_equal(g[0], 0.0)
+
+
 def test_z_loss_keeps_log_partition_small():
     from jaxnorm.config import OptimConfig, TrainConfig
     from jaxnorm.trainer import train
