@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-progress", action="store_true", help="no progress bars")
     a("--pack", default="auto",
       help="runs (seeds of cells differing only in learning rate, weight decay, clip threshold or seed) trained "
-           "side by side in one program: an integer >= 1, or auto (default: 1 on a CPU, where packing measured no faster; as many as fit in an "
-           "accelerator's memory)")
+           "side by side in one program: an integer >= 1, or auto (default: one cell at a time on a CPU, where "
+           "packing measured no faster; as many runs as fit in an accelerator's memory)")
     a("--no-share", action="store_true",
       help="compile one set of programs per cell instead of sharing them across depths and packing cells (the "
            "same results, slower; for measuring what sharing saves)")
