@@ -31,14 +31,14 @@ def _leaves(tree):
 def saved(tmp_path_factory):
     """The tiny cell trained by the sweep with --save-params init+final, and the History it trained."""
     histories = []
-    real = trainer.train
+    real = trainer.train_pack
 
     def keep(*args, **kwargs):
-        histories.append(real(*args, **kwargs))
-        return histories[-1]
+        histories.extend(real(*args, **kwargs))
+        return histories[-len(args[1]):]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(trainer, "train", keep)
+    mp.setattr(trainer, "train_pack", keep)
     out = tmp_path_factory.mktemp("ckpt") / "run"
     sweep_lib.run(SPEC, out, progress=False, outputs=CellOutputs(save_params="init+final"))
     mp.undo()
