@@ -19,7 +19,7 @@ from jaxnorm.config import ConfigError, ModelConfig, OptimConfig, ProbeConfig, T
 
 # Per-run data: these OptimConfig / TrainConfig fields never shape a program.
 RUN_DATA_OPTIM = ("lr", "weight_decay", "clip_value")
-RUN_DATA_TRAIN = ("seed", "seeds", "progress")
+RUN_DATA_TRAIN = ("seed", "seeds", "progress")  # progress: a display switch, not part of a run
 
 # On a CPU, runs packed together only batch the same arithmetic (no idle units to fill), and cells differing
 # only in per-run data share compiled programs packed or not: on a 2-core CPU, 4 learning rates x 2 seeds at
@@ -30,7 +30,12 @@ CPU_PACK_RUNS = 1
 
 def _optim_structure(optim_cfg: OptimConfig) -> OptimConfig:
     """`optim_cfg` without its per-run data (and with clipping kept only as a kind)."""
-    return optim_cfg.replace(lr=1.0, weight_decay=0.0, clip_value=1.0)
+    return optim_cfg.replace(**{f: getattr(OptimConfig(), f) for f in RUN_DATA_OPTIM})
+
+
+def _train_structure(train_cfg: TrainConfig) -> TrainConfig:
+    """`train_cfg` without its per-run data."""
+    return train_cfg.replace(**{f: getattr(TrainConfig(), f) for f in RUN_DATA_TRAIN})
 
 
 def pack_key(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainConfig, probe_cfg: ProbeConfig,
@@ -38,8 +43,7 @@ def pack_key(model_cfg: ModelConfig, optim_cfg: OptimConfig, train_cfg: TrainCon
     """Cells with equal keys may be packed (the clip kind is compared separately: see `program_optim`).
     `share_depth`: cells of every depth share programs (padded), so depth is not part of the key."""
     model = model_cfg.replace(depth=1) if share_depth else model_cfg
-    train = train_cfg.replace(seed=0, seeds=1, progress=False)
-    return model, _optim_structure(optim_cfg).replace(clip="none"), train, probe_cfg
+    return model, _optim_structure(optim_cfg).replace(clip="none"), _train_structure(train_cfg), probe_cfg
 
 
 def program_optim(optims: Sequence[OptimConfig]) -> OptimConfig:
@@ -57,7 +61,7 @@ def program_optim(optims: Sequence[OptimConfig]) -> OptimConfig:
 
 def check_train_configs(trains: Sequence[TrainConfig]) -> None:
     """ConfigError unless the runs' train configs differ only in per-run data (seed, seeds)."""
-    if len({t.replace(seed=0, seeds=1, progress=False) for t in trains}) > 1:
+    if len({_train_structure(t) for t in trains}) > 1:
         raise ConfigError("pack: invalid value train configs that differ beyond seed and seeds; allowed: "
                           "cells that differ only in those")
 
