@@ -74,10 +74,14 @@ def usable_cores() -> int:
 
 
 def auto_cpu_devices(seeds: int, cores: int | None = None) -> int:
-    """The CPU device count that splits `seeds` evenly over at most `cores` devices: the largest divisor of
-    `seeds` not above the core count (so the batch itself is never split over CPU devices)."""
-    cores = usable_cores() if cores is None else cores
-    return max(d for d in range(1, min(seeds, max(cores, 1)) + 1) if seeds % d == 0)
+    """The CPU device count that splits `seeds` evenly (so the batch itself is never split over CPU devices):
+    of the divisors of `seeds` up to twice the core count, the one nearest the core count, the larger on a tie.
+
+    One JAX CPU device runs a program's small operations mostly one after another, so a device per seed is
+    worth a little oversubscription: 3 seeds on 2 cores ran 1.4-1.7x faster as 3 devices than as 1."""
+    cores = max(usable_cores() if cores is None else cores, 1)
+    divisors = [d for d in range(1, seeds + 1) if seeds % d == 0 and d <= 2 * cores]
+    return min(divisors, key=lambda d: (abs(d - cores), -d))
 
 
 def set_cpu_devices(n: int) -> None:

@@ -273,8 +273,8 @@ def parse_args(argv: list[str] | None):
                         help=f"PyTorch rows of the train section, comma-separated from {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", default="10", help="timed repeats per measurement (median)")
     parser.add_argument("--cpu-devices", type=int, default=None,
-                        help="JAX CPU devices for the seeds section's split runs (default: the largest divisor of "
-                             "8 up to the core count; no effect on a GPU/TPU)")
+                        help="JAX CPU devices for the seeds section's split runs (default: the divisor of 8 nearest "
+                             "the core count, up to twice it; no effect on a GPU/TPU)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run, in this order (allowed: {', '.join(SECTIONS)})")
     quick = quick_grid()
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         sec = ["", f"## Seeds: S vmapped vs S sequential runs (pre_ln, depth {seed_depth}, chunk of {t.log_every})",
                "", f"One device: the S-seed program on device 0. Split: the same program with its seeds split over "
                f"the {n_dev} local device(s) as `jaxnorm.trainer` runs it (`jaxnorm/sharding.py`; on a CPU "
-               f"`--cpu-devices`, default the largest divisor of 8 up to the core count). Sequential: S calls of "
+               f"`--cpu-devices`, default the divisor of 8 nearest the core count, up to twice it). Sequential: S calls of "
                f"the one-seed program on device 0.", "",
                "| S | vmapped, one device ms/chunk | vmapped, seeds split ms/chunk | split over devices "
                "| sequential ms/chunk | throughput ratio seq / one device | throughput ratio seq / split |",

@@ -74,8 +74,10 @@ def test_split_seeds_and_batch_match_one_device():
 def test_auto_cpu_devices_divides_the_seeds():
     assert sharding.auto_cpu_devices(2, cores=2) == 2
     assert sharding.auto_cpu_devices(8, cores=2) == 2
-    assert sharding.auto_cpu_devices(8, cores=6) == 4      # 6 does not divide 8
-    assert sharding.auto_cpu_devices(3, cores=2) == 1      # no split: the batch is never split on a CPU
+    assert sharding.auto_cpu_devices(8, cores=6) == 8      # 6 does not divide 8; 4 and 8 are as near, the larger wins
+    assert sharding.auto_cpu_devices(3, cores=2) == 3      # a device per seed, 1.5 per core
+    assert sharding.auto_cpu_devices(5, cores=2) == 1      # 5 devices would be over twice the cores
+    assert sharding.auto_cpu_devices(6, cores=4) == 3      # 3 is nearer 4 than 6 is
     assert sharding.auto_cpu_devices(1, cores=16) == 1
     assert sharding.auto_cpu_devices(12, cores=16) == 12
 
