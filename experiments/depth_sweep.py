@@ -27,7 +27,7 @@ from experiments import sweep_options
 from jaxnorm import axes
 from jaxnorm.config import ACTIVATIONS, ADMIN_MODES, INITS, LIMITS, POSITIONS, SCHEDULES, TASKS, ConfigError
 
-PRESET_NAMES = ("quick", "paper", "init")
+PRESET_NAMES = ("quick", "compare", "paper", "init")
 
 
 class _Parser(argparse.ArgumentParser):

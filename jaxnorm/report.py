@@ -68,7 +68,8 @@ def spec_section(sweep: dict, done: int) -> str:
                  f"init {m.get('init')}, activation {m.get('activation')}")
     if env:
         lines.append(f"- jax {env.get('jax')}, flax {env.get('flax')} on {env.get('device_count')}× "
-                     f"{env.get('device_kind')} ({env.get('platform')}); git {str(env.get('git_commit'))[:10]}")
+                     f"{env.get('device_kind')} ({env.get('platform')}); git {str(env.get('git_commit'))[:10]}"
+                     + (f"; host CPU: {env['cpu']}" if env.get("cpu") else ""))
     return "\n".join(lines) + "\n"
 
 

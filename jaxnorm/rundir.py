@@ -163,8 +163,11 @@ def environment() -> dict[str, Any]:
         git_commit = commit.stdout.strip() if commit.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         git_commit = None
+    from jaxnorm.benchmarking.peaks import cpu_info
+
     device = jax.devices()[0]
-    return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+    return {"python": platform.python_version(), "cpu": f"{cpu_info().get('model name', 'unknown CPU')}, "
+            f"{os.cpu_count()} cores", "jax": jax.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "numpy": np.__version__, "platform": device.platform,
             "device_kind": device.device_kind, "device_count": jax.device_count(),
             "local_device_count": jax.local_device_count(),

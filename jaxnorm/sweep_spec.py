@@ -291,7 +291,30 @@ def _init() -> SweepSpec:
     )
 
 
-PRESETS = {"quick": _quick, "paper": _paper, "init": _init}
+def _compare() -> SweepSpec:
+    """`python -m experiments.depth_sweep --preset compare`: the study in miniature, sized for a 2-core CPU.
+
+    Post-LN, Pre-LN, DeepNorm, Admin and ReZero; AdamW and RMSprop, each without clipping and with
+    global-norm clipping at 1.0; depths 2 to 48; three learning rates (3e-3, 1e-2, 3e-2: the upper ones find
+    where each optimizer's stable window ends); 3 seeds; the bidirectional encoder on real text (`mlm`, the
+    built-in corpus): 240 cells. Short runs (200 steps) at the quick preset's width, so that the whole grid
+    runs in about half an hour cold on two cores (measured: benchmarks/presets.md); its committed results are
+    results/compare-cpu/. Shows which placements keep their gradients across depth under each optimizer,
+    where each optimizer's learning-rate window closes as depth grows, and what clipping changes.
+    """
+    return SweepSpec(
+        depths=(2, 6, 16, 48), blocks=("post_ln", "pre_ln", "deepnorm", "admin", "rezero"), norms=("layernorm",),
+        attentions=("dot",), optimizers=("adamw", "rmsprop"), clips=("none", "global_norm:1.0"),
+        lrs=(3e-3, 1e-2, 3e-2), seeds=3,
+        model=ModelConfig(d_model=32, num_heads=2, d_ff=64, remat=False),
+        optim=OptimConfig(schedule="warmup_cosine", warmup_steps=20),
+        train=TrainConfig(task="mlm", steps=200, batch_size=8, seq_len=32, log_every=10, eval_every=100,
+                          eval_batches=4),
+        probe=ProbeConfig(probe_every=100, power_iters=10, hutchinson_samples=4, probe_batch=2),
+    )
+
+
+PRESETS = {"quick": _quick, "compare": _compare, "paper": _paper, "init": _init}
 
 
 def preset(name: str) -> SweepSpec:

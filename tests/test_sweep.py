@@ -68,6 +68,11 @@ def test_presets_parse_and_expand(name):
         assert spec.train.steps == 0 and set(spec.blocks) == set(BLOCKS)
     if name == "quick":  # the default must stay CPU-sized
         assert spec.model.d_model <= 64 and spec.train.steps <= 600 and max(spec.depths) >= 16
+    if name == "compare":  # the study in miniature: five placements, AdamW vs RMSprop, with and without clipping
+        assert set(spec.blocks) == {"post_ln", "pre_ln", "deepnorm", "admin", "rezero"}
+        assert set(spec.optimizers) == {"adamw", "rmsprop"} and set(spec.clips) == {"none", "global_norm:1.0"}
+        assert (min(spec.depths), max(spec.depths)) == (2, 48) and len(spec.lrs) == 3 and spec.seeds == 3
+        assert spec.train.task == "mlm" and spec.model.d_model <= 64
     if name == "paper":
         assert spec.train.task == "lm" and len(spec.lrs) >= 3 and spec.seeds >= 3 and max(spec.depths) >= 128
     # the spec survives its JSON form (sweep.json) unchanged
