@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from jaxnorm import aggregate, outcome, results
 from jaxnorm.axes import AXES, with_figure
@@ -195,34 +196,44 @@ def loss_curves(metrics: pd.DataFrame, panel: str = "block", df: pd.DataFrame | 
 
 
 def lr_sensitivity_curves(df: pd.DataFrame, panel: str = "block") -> Figure | None:
-    """Capped final loss vs learning rate, one panel per block, one line per group of the other axes; the
-    legend gives each group's LR sensitivity E_lr[min(L(lr), L_0) − min L] (`results.lr_sensitivity`)."""
+    """Capped final loss vs learning rate: one column per block, one row per combination of the other varying
+    axes but depth (optimizer, clip, norm, attention), one line per depth; each line's legend entry gives its
+    LR sensitivity E_lr[min(L(lr), L_0) − min L] (`results.lr_sensitivity`). Rows keep a legend to a few
+    entries however large the grid is."""
     if not has_training(df) or df["lr"].nunique() < 2:
         return None
     sens = results.lr_sensitivity(df)
     keys = [c for c in results.group_columns() if c in df.columns]
     df = df.assign(_capped=capped_loss(df))
-    label_cols = [c for c in varying(df, keys) if c != panel] or ["depth"]
-    panels = values(df, panel)
-    fig, axes = grid(1, len(panels), sharey=True)
-    for ax, p in zip(axes[0], panels):
-        sub = df[df[panel] == p]
-        groups = list(sub.groupby(keys, sort=False, dropna=False))
-        shade = colors(len(groups), "plasma")
-        for (gkey, g), col in zip(groups, shade):
-            table = g.pivot_table(index="lr", columns="seed", values="_capped", aggfunc="first")
-            match = sens
-            for k, v in zip(keys, gkey if isinstance(gkey, tuple) else (gkey,)):
-                match = match[match[k] == v]
-            s = f" (sens {match.lr_sensitivity.iloc[0]:.3g})" if len(match) else ""
-            mean_band(ax, table.index.to_numpy(dtype=float), table.to_numpy().T, color=col, marker="o",
-                      markersize=4, label=label_of(g.iloc[0], label_cols) + s)
-        ax.set_xscale("log")
+    row_cols = [c for c in varying(df, keys) if c not in (panel, "depth")]
+    if "norm" in row_cols and df.loc[df["norm"] != "none", "norm"].nunique() <= 1:
+        row_cols.remove("norm")  # only the norm-free blocks (norm "none") differ: not a row of its own
+    rows = list(df.groupby(row_cols, sort=False, dropna=False)) if row_cols else [((), df)]
+    panels, depths, lrs = values(df, panel), values(df, "depth"), values(df, "lr")
+    depth_color = dict(zip(depths, colors(len(depths))))
+    fig, axes = grid(len(rows), len(panels), sharey=True, h=2.9)
+    for r, (row_key, row_df) in enumerate(rows):
+        row_label = label_of(row_df.iloc[0], row_cols)
+        for ax, p in zip(axes[r], panels):
+            sub = row_df[row_df[panel] == p]
+            for gkey, g in sub.groupby(keys, sort=False, dropna=False):
+                table = g.pivot_table(index="lr", columns="seed", values="_capped", aggfunc="first")
+                match = sens
+                for k, v in zip(keys, gkey if isinstance(gkey, tuple) else (gkey,)):
+                    match = match[match[k] == v]
+                s = f" (sens {match.lr_sensitivity.iloc[0]:.3g})" if len(match) else ""
+                depth = g["depth"].iloc[0]
+                mean_band(ax, table.index.to_numpy(dtype=float), table.to_numpy().T, color=depth_color[depth],
+                          marker="o", markersize=4, label=f"L={depth}{s}")
+            ax.set_xscale("log")
+            ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.grid(alpha=0.3, which="both")
+            ax.set_title(f"{panel}={p}" + (f" — {row_label}" if row_label else ""), fontsize="small")
+            legend(ax)
+        axes[r, 0].set_ylabel("final train loss,\ncapped at initial loss")
+    for ax in axes[-1]:
         ax.set_xlabel("peak learning rate")
-        ax.set_title(f"{panel}={p}", fontsize="small")
-        ax.grid(alpha=0.3, which="both")
-        legend(ax, n=len(groups))
-    axes[0, 0].set_ylabel("final train loss, capped at initial loss")
     suptitle(fig, "Loss vs learning rate (diverged = initial loss); legend: LR sensitivity, Wortsman et al. 2023")
     return fig
 
