@@ -25,7 +25,7 @@ FIGURES = {
     "loss_vs_depth.png": "Final train (solid) and eval (dashed) loss vs depth; dotted = chance; × = a diverged seed "
                          "at its initial loss.",
     "stability_map.png": "Fraction of runs that trained, per depth and block (" + outcome.describe() + ").",
-    "loss_curves.png": "Training loss vs step for every cell (mean over seeds, band = spread; squares = eval loss; dotted = chance).",
+    "loss_curves.png": "Training loss vs step for every cell (colour = depth, line style = learning rate, a row per optimizer × clip; mean over seeds, band = spread; squares = eval loss; dotted = chance).",
     "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ (all of layer l's parameters) at "
                         "initialisation (step 0) and at the last step.",
     "grad_profile_mlp_out.png": "Per-layer gradient norm of the FFN output matrix W2 alone, ‖∂loss/∂W2_l‖ "

@@ -38,6 +38,15 @@ def capped_loss(df: pd.DataFrame, loss: str = "final_loss") -> pd.Series:
     return pd.Series(np.where(bad, l0, np.minimum(value, l0)), index=df.index)
 
 
+def row_axes(df: pd.DataFrame, exclude: tuple[str, ...], cols: list[str] | None = None) -> list[str]:
+    """The axes that vary in `df` (of `cols`, default every axis) but `exclude`: one figure row per combination
+    of them. A norm that varies only through the norm-free blocks (norm "none") is not a row of its own."""
+    rows = [c for c in varying(df, cols) if c not in exclude]
+    if "norm" in rows and df.loc[df["norm"] != "none", "norm"].nunique() <= 1:
+        rows.remove("norm")
+    return rows
+
+
 def _panels(df: pd.DataFrame, cols: tuple[str, ...]) -> list[tuple]:
     """Combinations of `cols` (only those that vary) present in df, in order; [()] if none vary."""
     cols = tuple(c for c in cols if c in varying(df))
@@ -155,41 +164,48 @@ def stability_map(df: pd.DataFrame) -> Figure | None:
 
 
 def loss_curves(metrics: pd.DataFrame, panel: str = "block", df: pd.DataFrame | None = None) -> Figure | None:
-    """Train loss vs step, one panel per block, one line per cell (colour = depth, style = the other axes);
-    eval loss as squares at the evaluation steps; the task's chance loss (from `df`, `results.load`) dotted."""
+    """Train loss vs step: one column per block, one row per combination of the other varying axes but depth
+    and learning rate (optimizer, clip, ...), one line per cell (colour = depth, style = learning rate); eval
+    loss as squares at the evaluation steps; the task's chance loss (from `df`, `results.load`) dotted. The
+    legend names depths and learning rates once, however many cells there are."""
     if metrics.empty or "loss" not in metrics or metrics["step"].max() <= 0:
         return None
     m = metrics.dropna(subset=["loss"])
-    # Label by the axes that vary inside a panel (norm varies across blocks only through norm-free blocks).
-    label_cols = [c for c in varying(m) if c != panel and (m.groupby(panel)[c].nunique() > 1).any()]
-    panels, depths = values(m, panel), values(m, "depth")
+    row_cols = row_axes(m, (panel, "depth", "lr"))
+    rows = list(m.groupby(row_cols, sort=False, dropna=False)) if row_cols else [((), m)]
+    panels, depths, lrs = values(m, panel), values(m, "depth"), values(m, "lr")
     color = dict(zip(depths, colors(len(depths))))
+    style = {lr: LINESTYLES[i % len(LINESTYLES)] for i, lr in enumerate(lrs)}
     ymax = 1.3 * float(m[m.step == m.step.min()]["loss"].max())
-    fig, axes = grid(1, len(panels), sharey=True, h=PANEL_H + 0.8)  # room for the legend below
-    for ax, p in zip(axes[0], panels):
-        sub = m[m[panel] == p]
-        style: dict[int, int] = {}
-        for cid, cell in sub.groupby("cell_id", sort=False):
-            table = cell.pivot_table(index="step", columns="seed", values="loss", aggfunc="first")
-            d = int(cell.depth.iloc[0])
-            k = style[d] = style.get(d, -1) + 1
-            mean_band(ax, table.index.to_numpy(), table.to_numpy().T, color=color[d],
-                      linestyle=LINESTYLES[k % len(LINESTYLES)], label=label_of(cell.iloc[0], label_cols))
-            evals = metrics[(metrics.cell_id == cid)].dropna(subset=["eval_loss"]) if "eval_loss" in metrics else None
-            if evals is not None and not evals.empty:
-                ev = evals.pivot_table(index="step", columns="seed", values="eval_loss", aggfunc="first")
-                center, _, _ = aggregate.profile(ev.to_numpy().T, geometric=False)
-                ax.plot(ev.index.to_numpy(), center, color=color[d], linestyle="none", marker="s", markersize=4,
-                        markerfacecolor="white")
-        if df is not None:
-            chance_line(ax, df[df[panel] == p] if panel in df else df)
-        ax.plot([], [], color="k", linestyle="none", marker="s", markerfacecolor="white", label="eval loss")
-        ax.set_ylim(0, ymax)
+    fig, axes = grid(len(rows), len(panels), sharey=True, h=PANEL_H + (0.8 if len(rows) == 1 else 0.2))
+    for r, (_, row_m) in enumerate(rows):
+        row_label = label_of(row_m.iloc[0], row_cols)
+        for ax, p in zip(axes[r], panels):
+            for cid, cell in row_m[row_m[panel] == p].groupby("cell_id", sort=False):
+                table = cell.pivot_table(index="step", columns="seed", values="loss", aggfunc="first")
+                d, lr = cell.depth.iloc[0], cell.lr.iloc[0]
+                mean_band(ax, table.index.to_numpy(), table.to_numpy().T, color=color[d], linestyle=style[lr])
+                evals = metrics[(metrics.cell_id == cid)].dropna(subset=["eval_loss"]) if "eval_loss" in metrics else None
+                if evals is not None and not evals.empty:
+                    ev = evals.pivot_table(index="step", columns="seed", values="eval_loss", aggfunc="first")
+                    center, _, _ = aggregate.profile(ev.to_numpy().T, geometric=False)
+                    ax.plot(ev.index.to_numpy(), center, color=color[d], linestyle="none", marker="s", markersize=4,
+                            markerfacecolor="white")
+            if df is not None:
+                chance_line(ax, df[df[panel] == p] if panel in df else df)
+            ax.set_ylim(0, ymax)
+            ax.set_title(f"{panel}={p}" + (f" — {row_label}" if row_label else ""), fontsize="small")
+            ax.grid(alpha=0.3)
+        axes[r, 0].set_ylabel("loss (nats/token)")
+    for ax in axes[-1]:
         ax.set_xlabel("step")
-        ax.set_title(f"{panel}={p}", fontsize="small")
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("loss (nats/token)")
-    outside_legend(fig, max(axes[0], key=lambda a: len(a.get_legend_handles_labels()[0])))
+    key = axes[0, 0]  # the legend's entries, drawn once: depth colours, lr styles, eval squares, chance
+    for d in depths:
+        key.plot([], [], color=color[d], label=f"L={d}")
+    for lr in lrs:
+        key.plot([], [], color="k", linestyle=style[lr], label=f"lr={lr:g}")
+    key.plot([], [], color="k", linestyle="none", marker="s", markerfacecolor="white", label="eval loss")
+    outside_legend(fig, key)
     suptitle(fig, "Training loss (mean over seeds, band = spread over seeds; squares: eval loss; "
              "y clipped at 1.3 × the initial loss)")
     return fig
@@ -205,9 +221,7 @@ def lr_sensitivity_curves(df: pd.DataFrame, panel: str = "block") -> Figure | No
     sens = results.lr_sensitivity(df)
     keys = [c for c in results.group_columns() if c in df.columns]
     df = df.assign(_capped=capped_loss(df))
-    row_cols = [c for c in varying(df, keys) if c not in (panel, "depth")]
-    if "norm" in row_cols and df.loc[df["norm"] != "none", "norm"].nunique() <= 1:
-        row_cols.remove("norm")  # only the norm-free blocks (norm "none") differ: not a row of its own
+    row_cols = row_axes(df, (panel, "depth"), keys)
     rows = list(df.groupby(row_cols, sort=False, dropna=False)) if row_cols else [((), df)]
     panels, depths, lrs = values(df, panel), values(df, "depth"), values(df, "lr")
     depth_color = dict(zip(depths, colors(len(depths))))

@@ -179,3 +179,45 @@ def test_fixing_the_norm_axis_keeps_norm_free_blocks():
     assert sorted(kept.block) == ["post_ln", "pre_ln", "rezero"]
     assert "rmsnorm" not in set(kept.norm)
     assert caption == "norm=layernorm (none for rezero)"
+
+
+def _large_grid():
+    """Per-seed rows and per-step metrics of a grid with every axis the compare preset varies: 2 blocks (one
+    norm-free) × 2 depths × 2 optimizers × 2 clips × 3 learning rates × 2 seeds."""
+    import itertools
+
+    import pandas as pd
+
+    rows, steps = [], []
+    for block, depth, opt, clip, lr in itertools.product(("pre_ln", "rezero"), (2, 8), ("adamw", "rmsprop"),
+                                                        ("none", "global_norm:1.0"), (1e-3, 1e-2, 1e-1)):
+        norm = "none" if block == "rezero" else "layernorm"
+        cid = f"L{depth}-{block}-{opt}-{clip}-{lr}"
+        for seed in range(2):
+            final = 1.0 + lr * depth + 0.01 * seed
+            rows.append(dict(cell_id=cid, block=block, depth=depth, norm=norm, attention="dot", optimizer=opt,
+                             clip=clip, lr=lr, seed=seed, task="reverse", steps=20, initial_loss=2.8,
+                             final_loss=final, diverged=lr > 0.05 and block == "rezero", num_symbols=16,
+                             vocab_size=18, seq_len=16))
+            for step in range(0, 20, 5):
+                steps.append(dict(cell_id=cid, block=block, depth=depth, norm=norm, attention="dot", optimizer=opt,
+                                  clip=clip, lr=lr, seed=seed, step=step, loss=2.8 - step * 0.05,
+                                  eval_loss=np.nan))
+    return pd.DataFrame(rows), pd.DataFrame(steps)
+
+
+def test_large_grids_get_a_row_per_optimizer_and_clip_and_a_short_legend():
+    df, metrics = _large_grid()
+    fig = plots_training.lr_sensitivity_curves(df)
+    axes = np.asarray(fig.axes).reshape(4, 2)  # optimizer × clip rows (norm varies only through rezero), blocks
+    titles = [ax.get_title() for ax in axes[:, 0]]
+    assert len(set(titles)) == 4 and all("pre_ln" in t for t in titles)
+    for ax in axes.ravel():  # one line per depth, with its sensitivity
+        labels = ax.get_legend_handles_labels()[1]
+        assert [lab.split(" ")[0] for lab in labels] == ["L=2", "L=8"]
+    fig = plots_training.loss_curves(metrics, df=df)
+    assert len(fig.axes) == 4 * 2
+    (key,) = fig.legends  # depths, learning rates, eval squares and chance, once
+    labels = [t.get_text() for t in key.get_texts()]
+    assert sorted(labels) == sorted(["chance (uniform guess)", "L=2", "L=8", "lr=0.001", "lr=0.01", "lr=0.1",
+                                     "eval loss"])
