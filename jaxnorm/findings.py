@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from jaxnorm import aggregate, outcome, results
+from jaxnorm.axes import AXES
 
 MAX_FINDINGS = 6
 ONE_DECADE = 1.0  # |gradient growth| from which a profile counts as vanishing/exploding towards the input
@@ -64,6 +65,14 @@ def representative(cells: pd.DataFrame, training: bool) -> pd.DataFrame:
     return cells.drop_duplicates(["block", "depth"]).set_index("cell_id")
 
 
+def _setting(row: pd.Series, cells: pd.DataFrame) -> str:
+    """" (adamw, global_norm:1.0, lr=0.01)": the values of the axes besides block and depth that vary in the
+    sweep, so a finding about a placement's representative cell says which cell it is; "" when none vary."""
+    vary = [c for c in results.axis_columns() if c not in ("block", "depth", "norm") and c in cells
+            and cells[c].nunique(dropna=False) > 1]
+    return f" ({', '.join(AXES[c].legend(row[c]) for c in vary)})" if vary else ""
+
+
 def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures: set[str],
                      stream: bool = False) -> str | None:
     """Which placement loses gradient towards the input, from which depth, by how many decades (of the
@@ -80,8 +89,10 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     worst_id = at.index[0]
     worst = at.iloc[0]
     stage = "after training" if when == "final" else "at initialisation"
-    others = ", ".join(f"`{r.block}` {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
-    text = (f"{stage.capitalize()}, `{worst.block}` at L={deepest} has the steepest gradient profile: "
+    others = ", ".join(f"`{r.block}`{_setting(r, cells)} {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
+    which = " (each placement's cell with the lowest final loss)" if _setting(worst, cells) and when == "final" else ""
+    text = (f"{stage.capitalize()}{which}, `{worst.block}`{_setting(worst, cells)} at L={deepest} has the steepest "
+            "gradient profile: "
             f"{quantity} {_grows(worst[col])} from the input layer to the output layer"
             f"{_spread(cells, worst_id, col)}")
     if when == "final" and f"{prefix}_init" in rep:

@@ -159,7 +159,11 @@ def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
     assert "`pre_ln` trained in every run at L=2, 8" in joined
     # post_ln's gradient halves per layer: log10(2) decades per layer over 8 layers = 8·0.301·(8/8)...
     steep = next(f for f in out if "steepest gradient profile" in f)
-    assert "`post_ln` at L=8" in steep and "figures/grad_profile.png" in steep
+    # the sweep has two learning rates, so the finding names the cell it picked: the lower final loss
+    cells = aggregate.cell_table(df)
+    best = cells[(cells.block == "post_ln") & (cells.depth == 8)].sort_values("final_loss").iloc[0]
+    assert f"`post_ln` (lr={best.lr:g}) at L=8" in steep and "figures/grad_profile.png" in steep
+    assert "each placement's cell with the lowest final loss" in steep
     assert "2 of 16 runs diverged" in joined and "at step 12" in joined
 
 
