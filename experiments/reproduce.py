@@ -85,6 +85,21 @@ def markdown(rows: Sequence[Reproduction]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def header(rows: Sequence[Reproduction], elapsed: float, quick: bool) -> str:
+    """What reproduce.md says above its table: the count of agreements, the command, the machine and the
+    wall time, so a committed table tells how it was made."""
+    from jaxnorm.rundir import environment
+
+    env = environment()
+    agree = sum(r.agree for r in rows)
+    return (f"# Published effects at small scale{' (--quick sizes)' if quick else ''}\n\n"
+            f"{agree} of {len(rows)} agree.\n\n"
+            f"- command: `{env['command']}`\n"
+            f"- jax {env['jax']}, flax {env['flax']} on {env['device_count']}× {env['device_kind']} "
+            f"({env['platform']}); host CPU: {env['cpu']}; git {str(env['git_commit'])[:10]}\n"
+            f"- wall time: {elapsed:.0f} s\n\n")
+
+
 def csv_text(rows: Sequence[Reproduction]) -> str:
     """The table as CSV: `verdict` is agree or disagree, `reason` says why not, `values` the raw numbers (JSON)."""
     buffer = io.StringIO()
@@ -114,9 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "reproduce.csv", csv_text(rows).encode())
-    atomic_write_bytes(out / "reproduce.md", table.encode())
     agree = sum(r.agree for r in rows)
-    print(f"{agree} agree, {len(rows) - agree} disagree; {time.perf_counter() - start:.0f} s; "
+    elapsed = time.perf_counter() - start
+    atomic_write_bytes(out / "reproduce.md", (header(rows, elapsed, args.quick) + table).encode())
+    print(f"{agree} agree, {len(rows) - agree} disagree; {elapsed:.0f} s; "
           f"wrote {out / 'reproduce.csv'} and reproduce.md")
     return 0
 

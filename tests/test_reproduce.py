@@ -28,8 +28,10 @@ def test_quick_run_has_a_complete_row_per_effect(tmp_path, capsys):
     assert (df.reason.isna() == (df.verdict == "agree")).all()  # a reason exactly where it disagrees
     for name, values in zip(df.effect, df["values"]):
         assert finite_numbers(json.loads(values)), name
-    table = (out / "reproduce.md").read_text()
+    head, table = (out / "reproduce.md").read_text().split("\n\n| effect", 1)
+    table = "| effect" + table
     assert table.startswith("| effect | paper | claim | measured | threshold | verdict |")
+    assert f"{(df.verdict == 'agree').sum()} of {len(NAMES)} agree" in head and "- command: `" in head
     assert all(f"| {name} |" in table for name in NAMES) and table in printed
     assert all(f"] {name}: " in printed for name in NAMES)  # a line per effect as it finished
     assert sorted(p.name for p in out.iterdir()) == ["reproduce.csv", "reproduce.md"]  # no temporary files left

@@ -1,0 +1,127 @@
+"""The README's Findings come from the committed results: every number a finding quotes is recomputed here
+from results/compare-cpu/results.csv (seeds aggregated by jaxnorm.aggregate's one rule) or read from
+results/reproduce-cpu/reproduce.csv, and must appear, formatted as the README writes it, in that finding;
+every figure a finding links to must be committed."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxnorm import aggregate, outcome, results
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARE = ROOT / "results" / "compare-cpu"
+REPRODUCE = ROOT / "results" / "reproduce-cpu"
+
+
+def findings() -> list[str]:
+    """The numbered statements of the README's "## Findings" section, in order."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Findings\n", 1)[1].split("\n## ", 1)[0]
+    return [m.group(1) for m in re.finditer(r"^\d+\. (.+?)(?=^\d+\. |\Z)", section, re.S | re.M)]
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    return pd.read_csv(COMPARE / "results.csv", keep_default_na=False, na_values=[""])
+
+
+@pytest.fixture(scope="module")
+def cells(runs) -> pd.DataFrame:
+    return aggregate.cell_table(runs)
+
+
+def one(cells, *, value, **where) -> float:
+    rows = cells
+    for k, v in where.items():
+        rows = rows[np.isclose(rows[k], v)] if isinstance(v, float) else rows[rows[k] == v]
+    assert len(rows) == 1, where
+    return float(rows[value].iloc[0])
+
+
+def decades(cells, block, depth, lr, optimizer="adamw", clip="none", when="final") -> str:
+    return f"{one(cells, value=f'grad_decades_{when}', block=block, depth=depth, lr=lr, optimizer=optimizer, clip=clip):.2f}"
+
+
+def best_eval(cells, block, depth) -> str:
+    return f"{cells[(cells.block == block) & (cells.depth == depth)].final_eval_loss.min():.3f}"
+
+
+def diverged(runs, **where) -> str:
+    """"k of n": how many of the runs matching `where` diverged."""
+    rows = runs
+    for k, v in where.items():
+        rows = rows[np.isclose(rows[k], v)] if isinstance(v, float) else rows[rows[k] == v]
+    return f"{int(rows.diverged.astype(bool).sum())} of {len(rows)}"
+
+
+def expected(runs, cells) -> list[list[str]]:
+    """Per finding, the numbers it must quote (the README's formatting)."""
+    live = cells[cells.diverged == 0]
+    sens = results.lr_sensitivity(runs).groupby(["optimizer", "clip", "block"]).lr_sensitivity.mean()
+    rezero = runs[runs.block == "rezero"]
+    reproduce = pd.read_csv(REPRODUCE / "reproduce.csv")
+    agree = reproduce.verdict.eq("agree")
+    return [
+        [decades(cells, "post_ln", 48, 3e-3, when="init"), decades(cells, "post_ln", 16, 3e-3),
+         decades(cells, "post_ln", 48, 3e-3), decades(cells, "post_ln", 48, 1e-2),
+         decades(cells, "pre_ln", 48, 3e-3)],
+        [decades(cells, "deepnorm", 48, 3e-3), decades(cells, "admin", 48, 3e-3),
+         decades(cells, "deepnorm", 48, 1e-2), decades(cells, "admin", 48, 1e-2),
+         decades(cells, "pre_ln", 48, 1e-2), decades(cells, "rezero", 48, 1e-2),
+         (diverged(runs[runs.block.isin(["deepnorm", "admin"])], optimizer="adamw"))],
+        [best_eval(cells, b, d) for b in ("rezero", "pre_ln", "post_ln", "deepnorm", "admin") for d in (2, 48)],
+        [(diverged(runs, optimizer="rmsprop")), (diverged(runs, optimizer="adamw")),
+         (diverged(rezero, optimizer="rmsprop")), (diverged(rezero, optimizer="rmsprop", lr=1e-2)),
+         (diverged(rezero, optimizer="rmsprop", lr=3e-2)), (diverged(rezero, optimizer="rmsprop", depth=2)),
+         (diverged(rezero, optimizer="adamw")),
+         f"{sens['rmsprop', 'none', 'rezero']:.2f}", f"{sens['adamw', 'none', 'rezero']:.2f}",
+         *(f"{sens[opt, 'none', block]:.3f}" for block in ("post_ln", "pre_ln") for opt in ("rmsprop", "adamw")),
+         (diverged(runs[runs.block != "rezero"], optimizer="rmsprop")),
+         decades(cells, "post_ln", 48, 3e-3, optimizer="rmsprop"), decades(cells, "post_ln", 48, 3e-3),
+         decades(cells, "post_ln", 48, 1e-2, optimizer="rmsprop"), decades(cells, "post_ln", 48, 1e-2)],
+        [(diverged(runs, optimizer="adamw", clip="none")), (diverged(runs, optimizer="adamw", clip="global_norm:1.0")),
+         (diverged(rezero, optimizer="rmsprop", clip="global_norm:1.0")),
+         (diverged(rezero, optimizer="rmsprop", clip="none")),
+         decades(cells, "post_ln", 48, 3e-3, clip="global_norm:1.0"), decades(cells, "post_ln", 48, 3e-3)],
+        [f"{live.final_eval_loss.min():.2f}", f"{live.final_eval_loss.max():.2f}",
+         f"{outcome.chance_losses(runs).iloc[0]:.2f}", str(len(cells)), str(len(runs)),
+         (diverged(runs[runs.block == "post_ln"], optimizer="adamw"))],
+        [f"{int(agree.sum())} of {len(reproduce)}", *reproduce.loc[~agree, "effect"]],
+    ]
+
+
+def test_readme_findings_quote_the_committed_results(runs, cells):
+    stated = findings()
+    want = expected(runs, cells)
+    assert 5 <= len(stated) <= 8 and len(stated) == len(want)
+    for i, (text, numbers) in enumerate(zip(stated, want), start=1):
+        for number in numbers:
+            assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text), f"finding {i} lacks {number}"
+
+
+def test_every_finding_points_to_a_committed_figure_or_table():
+    for i, text in enumerate(findings(), start=1):
+        links = re.findall(r"\]\((results/[^)]+)\)", text)
+        assert links, f"finding {i} links to nothing under results/"
+        for link in links:
+            assert (ROOT / link).is_file(), link
+        assert any(link.endswith(".png") for link in links) or i == len(findings()), f"finding {i} has no figure"
+
+
+def test_the_committed_report_names_its_command_and_machine():
+    report = (COMPARE / "report.md").read_text()
+    assert "Command: `python -m experiments.depth_sweep --preset compare" in report
+    assert "host CPU:" in report and "Cells finished: 240 / 240" in report
+    assert not list(COMPARE.glob("cells")), "per-layer arrays are not committed"
+
+
+def test_post_ln_input_gradients_underflow_at_the_highest_rate(runs):
+    """Finding 2's "exactly zero": Post-LN at L=48, AdamW lr 3e-2 has no finite profile although no run
+    diverged (its first layers' gradients are 0.0 in float32, so the decades are undefined)."""
+    rows = runs[(runs.block == "post_ln") & (runs.depth == 48) & np.isclose(runs.lr, 3e-2)
+                & (runs.optimizer == "adamw") & (runs.clip == "none")]
+    assert len(rows) == 3 and not rows.diverged.astype(bool).any() and rows.grad_decades_final.isna().all()
