@@ -123,5 +123,5 @@ def test_post_ln_input_gradients_underflow_at_the_highest_rate(runs):
     """Finding 2's "exactly zero": Post-LN at L=48, AdamW lr 3e-2 has no finite profile although no run
     diverged (its first layers' gradients are 0.0 in float32, so the decades are undefined)."""
     rows = runs[(runs.block == "post_ln") & (runs.depth == 48) & np.isclose(runs.lr, 3e-2)
-                & (runs.optimizer == "adamw") & (runs.clip == "none")]
+                & (runs.optimizer == "adamw") & (runs["clip"] == "none")]
     assert len(rows) == 3 and not rows.diverged.astype(bool).any() and rows.grad_decades_final.isna().all()
