@@ -42,20 +42,39 @@ def _start(script: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
 
 
-@pytest.fixture(scope="module")
-def profile_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("profile")
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory every xdist worker of this test run sees (the workers' base temp dirs share a parent)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / f"bench-smoke-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'solo')}"
+    path.mkdir(exist_ok=True)
+    return path
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(profile_dir) -> dict[str, tuple[int, str, str]]:
-    """The JAX scripts' smoke runs start together; the results are read once per session (the tests that
-    read them share one xdist worker: `xdist_group`)."""
-    procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py", "spectral_accuracy.py",
-                                             "bench_jacobian_loops.py")}
-    procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
-                                      "--out", str(profile_dir / "profile.md"))
-    return {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
+@pytest.fixture(scope="session")
+def profile_dir(shared_dir) -> Path:
+    return shared_dir / "profile"
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(shared_dir, profile_dir) -> dict[str, tuple[int, str, str]]:
+    """The JAX scripts' smoke runs start together, once per test run: their tests share an `xdist_group`, but
+    the scheduler may still hand some of them to another worker, which then waits for the first worker's
+    runs (a lock) and reads their saved results instead of running them again."""
+    import fcntl
+
+    results = shared_dir / "results.json"
+    with open(shared_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not results.exists():
+            procs = {name: _start(name) for name in ("bench_compile.py", "bench_probes.py",
+                                                     "spectral_accuracy.py", "bench_jacobian_loops.py")}
+            procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
+                                              "--out", str(profile_dir / "profile.md"))
+            runs = {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
+            results.write_text(json.dumps(runs))
+    return {name: tuple(run) for name, run in json.loads(results.read_text()).items()}
 
 
 @pytest.mark.xdist_group("bench-smoke-runs")

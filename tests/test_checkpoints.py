@@ -27,7 +27,7 @@ def _leaves(tree):
     return {path_string(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def saved(tmp_path_factory):
     """The tiny cell trained by the sweep with --save-params init+final, and the History it trained."""
     histories = []

@@ -16,7 +16,7 @@ TRAIN = jaxnorm.TrainConfig(task="reverse", steps=0, seeds=2, batch_size=4, seq_
 PROBE = jaxnorm.ProbeConfig(probe_batch=2, power_iters=40, hutchinson_samples=1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained():
     return jaxnorm.train(MODEL, jaxnorm.OptimConfig(), TRAIN, PROBE)
 

@@ -72,7 +72,7 @@ def synthetic_history(cell, rng) -> History:
                    timing={"compile_s": 1.0, "run_s": 1.0, "steps_per_s": 20.0})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     spec = synthetic_spec()
@@ -97,7 +97,7 @@ def plot_sweep_main():
     return module.main
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def drawn(run_dir):
     """scripts/plot_sweep.py in process: draw_all (whose returned paths it prints) then write_report. Drawn
     once per session: the tests that read it share one xdist worker (`xdist_group`)."""

@@ -79,7 +79,7 @@ def _results(out: Path) -> pd.DataFrame:
     return df.sort_values(["cell_id", "seed"]).reset_index(drop=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted sweep of the same command. The tests that read it share one xdist worker
     (`xdist_group`, with `--dist loadgroup` in pyproject.toml), so it runs once per session."""
@@ -195,7 +195,7 @@ from tiny_sweep import tiny_spec  # noqa: E402
 SPEC2 = tiny_spec(lrs=(1e-3, 2e-3))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished(tmp_path_factory) -> Path:
     """A finished 2-cell run, written in this process; tests damage copies of it."""
     out = tmp_path_factory.mktemp("finished") / "run"

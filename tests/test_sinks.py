@@ -55,7 +55,7 @@ def _expected_scalars(out: Path, cell_id: str, seed: int) -> dict[str, dict[int,
     return expected
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run_dir(tmp_path_factory):
     """The tiny sweep run without sinks, then exported: every finished cell reaches the sinks afterwards."""
     out = tmp_path_factory.mktemp("sinks") / "run"
