@@ -25,18 +25,13 @@ from pathlib import Path
 from typing import Sequence
 
 from experiments.published_effects import BY_NAME, NAMES, Reproduction
+from jaxnorm.benchmarking.flags import OneLineParser  # light: argparse only
 
 COLUMNS = ("effect", "paper", "claim", "measured", "threshold", "verdict")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m experiments.reproduce",
+    p = OneLineParser(prog="python -m experiments.reproduce",
                 description="Reproduce published effects on deep Transformers at small scale, one row each.")
     p.add_argument("--quick", action="store_true", help="every effect at a tiny size (fewer depths, seeds, steps)")
     p.add_argument("--out", default="runs/reproduce",

@@ -65,12 +65,16 @@ def representative(cells: pd.DataFrame, training: bool) -> pd.DataFrame:
     return cells.drop_duplicates(["block", "depth"]).set_index("cell_id")
 
 
-def _setting(row: pd.Series, cells: pd.DataFrame) -> str:
-    """" (adamw, global_norm:1.0, lr=0.01)": the values of the axes besides block and depth that vary in the
-    sweep, so a finding about a placement's representative cell says which cell it is; "" when none vary."""
-    vary = [c for c in results.axis_columns() if c not in ("block", "depth", "norm") and c in cells
+def _other_axes(cells: pd.DataFrame) -> list[str]:
+    """The axes besides block, depth and norm that vary in the sweep: what names a placement's cell."""
+    return [c for c in results.axis_columns() if c not in ("block", "depth", "norm") and c in cells
             and cells[c].nunique(dropna=False) > 1]
-    return f" ({', '.join(AXES[c].legend(row[c]) for c in vary)})" if vary else ""
+
+
+def _setting(row: pd.Series, axes: list[str]) -> str:
+    """" (adamw, global_norm:1.0, lr=0.01)": `row`'s values of `axes`, so a finding about a placement's
+    representative cell says which cell it is; "" when no other axis varies."""
+    return f" ({', '.join(AXES[c].legend(row[c]) for c in axes)})" if axes else ""
 
 
 def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures: set[str],
@@ -89,9 +93,10 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     worst_id = at.index[0]
     worst = at.iloc[0]
     stage = "after training" if when == "final" else "at initialisation"
-    others = ", ".join(f"`{r.block}`{_setting(r, cells)} {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
-    which = " (each placement's cell with the lowest final loss)" if _setting(worst, cells) and when == "final" else ""
-    text = (f"{stage.capitalize()}{which}, `{worst.block}`{_setting(worst, cells)} at L={deepest} has the steepest "
+    axes = _other_axes(cells)
+    others = ", ".join(f"`{r.block}`{_setting(r, axes)} {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
+    which = " (each placement's cell with the lowest final loss)" if axes and when == "final" else ""
+    text = (f"{stage.capitalize()}{which}, `{worst.block}`{_setting(worst, axes)} at L={deepest} has the steepest "
             "gradient profile: "
             f"{quantity} {_grows(worst[col])} from the input layer to the output layer"
             f"{_spread(cells, worst_id, col)}")

@@ -47,7 +47,7 @@ def shared_dir(tmp_path_factory) -> Path:
     """A directory every xdist worker of this test run sees (the workers' base temp dirs share a parent)."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    path = root / f"bench-smoke-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'solo')}"
+    path = root / "bench-smoke"  # the numbered base dir is new for each test run
     path.mkdir(exist_ok=True)
     return path
 
