@@ -155,9 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-share", action="store_true",
       help="compile one set of programs per cell instead of sharing them across depths and packing cells (the "
            "same results, slower; for measuring what sharing saves)")
+    a("--no-compile-ahead", action="store_true",
+      help="compile each model structure's programs when its first cell starts, instead of on a background "
+           "thread while the cells before it train (the same results, slower)")
     a("--cpu-devices", default="auto",
       help="split the CPU into N JAX devices so that a cell's seeds run side by side (no effect on GPU/TPU); "
-           "auto = the largest divisor of --seeds up to the core count (default auto; 1 = one device)")
+           "auto = the divisor of --seeds nearest the core count, up to twice it (default auto; 1 = one device)")
     a("--distributed", action="store_true",
       help="join a multi-host job first (jax.distributed.initialize(), which finds a TPU pod slice, SLURM, "
            "Open MPI or Kubernetes job by itself); each process runs its share of the cells on its own devices")
@@ -321,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.unraisablehook = _redeliver_lost_interrupts(previous_hook)
     try:
         df = sweep.run(spec, out, shard=shard, progress=not args.no_progress, allow_mixed=args.allow_mixed,
-                       outputs=outputs, share=not args.no_share, pack=pack)
+                       outputs=outputs, share=not args.no_share, pack=pack,
+                       compile_ahead=not args.no_compile_ahead)
     except KeyboardInterrupt as e:
         return _interrupted(out, argv, terminated=isinstance(e, Terminated))
     except Exception as e:

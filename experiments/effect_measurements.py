@@ -29,7 +29,7 @@ from jaxnorm.padding import padded_config
 from jaxnorm.paths import path_names
 from jaxnorm.placements import placement
 from jaxnorm.sweep_spec import preset
-from jaxnorm.trainer import one_shot_options, train
+from jaxnorm.trainer import compiler_options, train
 
 VOCAB = 32          # random-token inputs of the forward-only measurements
 SEQ_LEN = 16        # their sequence length
@@ -98,8 +98,8 @@ def _seed_keys(n: int) -> jax.Array:
 
 
 def _jit(fn):
-    """A program that runs a few times: compiled at XLA's lowest CPU level (`trainer.one_shot_options`)."""
-    return programs.jit(fn, compiler_options=one_shot_options(True))
+    """A program that runs a few times: compiled at XLA's lowest CPU level (`trainer.compiler_options`)."""
+    return programs.jit(fn, compiler_options=compiler_options(True))
 
 
 def _map_kernels(params: Any, fn) -> Any:

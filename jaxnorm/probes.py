@@ -359,9 +359,16 @@ def jacobian_stats_seeds(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_
     """`jacobian_stats` for S seeds at once (leading axis S on params/rest; probe batch, key and a padded
     model's active depth shared), compiled once per (graphdef, cfg, compiler_options, unroll); `unroll` None:
     `end_to_end_unroll()`."""
+    return jacobian_program(graphdef, cfg, compiler_options, unroll)(params, rest, tokens_BxT, key, active_depth)
+
+
+def jacobian_program(graphdef: nnx.GraphDef, cfg: ProbeConfig, compiler_options: dict | None = None,
+                     unroll: int | None = None) -> Callable:
+    """The jitted program `jacobian_stats_seeds` calls, as (params, rest, tokens, key, active_depth): to
+    lower and compile it ahead of its first call (jaxnorm.compile_ahead)."""
     options = tuple(sorted((compiler_options or {}).items()))
     unroll = end_to_end_unroll() if unroll is None else unroll
-    return _jacobian_stats_program(graphdef, cfg, options, unroll)(params, rest, tokens_BxT, key, active_depth)
+    return _jacobian_stats_program(graphdef, cfg, options, unroll)
 
 
 def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: Any, tokens_BxT: jax.Array,

@@ -13,7 +13,10 @@ monitoring events), so a sweep can print where its time went. A program jaxnorm 
 Each kind keeps the programs of its `MAX_CACHED_OWNERS` most recently used owners. Every XLA:CPU executable
 holds hundreds of memory mappings until it is freed, and Linux allows ~65k per process, so a sweep that kept
 all its cells' programs crashed after a few dozen cells. Sweeps order cells so that those sharing programs
-(differing only in learning rate) are adjacent.
+(differing only in learning rate) are adjacent. Three owners, because a sweep that compiles ahead
+(jaxnorm.compile_ahead) adds the next structure's programs while the previous structure's are still the most
+recently used and the current structure's, compiled ahead, have not been used yet: with two, the current
+ones were dropped just before their first call and compiled again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any, Callable, Hashable
 
 import jax
 
-MAX_CACHED_OWNERS = {"train": 2, "jacobian": 2, "step_fns": 32}
+from jaxnorm.compile_ahead import THREAD_NAME as AHEAD_THREAD
+
+MAX_CACHED_OWNERS = {"train": 3, "jacobian": 3, "step_fns": 32}
 
 _cache: dict[str, collections.OrderedDict[Hashable, dict[Hashable, Any]]] = {
     kind: collections.OrderedDict() for kind in MAX_CACHED_OWNERS}
@@ -57,12 +62,15 @@ _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 @dataclasses.dataclass
 class CompileLog:
     """Seconds spent tracing, lowering and compiling, and how many programs were compiled (jaxnorm's own
-    and others) or read from the persistent cache, since `start()`."""
+    and others) or read from the persistent cache, since `start()`. The seconds are the calling threads';
+    `ahead_s` is the total of the compile-ahead thread's (jaxnorm.compile_ahead), which overlaps running."""
 
     trace_s: float = 0.0
     lower_s: float = 0.0
     compile_s: float = 0.0
-    programs: int = 0        # jaxnorm's programs compiled or read from the persistent cache
+    ahead_s: float = 0.0
+    programs: int = 0        # jaxnorm's programs compiled or read from the persistent cache (any thread)
+    ahead_programs: int = 0  # of those, compiled by the compile-ahead thread
     other: int = 0           # other computations (eager ops, small helpers)
     cache_hits: int = 0      # of all the above, read from the persistent compilation cache
 
@@ -81,6 +89,12 @@ def _on_duration(event: str, seconds: float, **kwargs: Any) -> None:
     if log is None:
         return
     with _lock:
+        if event in (_TRACE, _LOWER, _COMPILE) and threading.current_thread().name.startswith(AHEAD_THREAD):
+            log.ahead_s += seconds
+            if event == _COMPILE and PREFIX in str(kwargs.get("fun_name", "")):
+                log.programs += 1
+                log.ahead_programs += 1
+            return
         if event == _TRACE:
             log.trace_s += seconds
         elif event == _LOWER:
@@ -111,20 +125,29 @@ def start_compile_log() -> CompileLog:
     return _log
 
 
+_cache_lock = threading.Lock()  # the compile-ahead thread builds programs while the sweep's thread looks them up
+_MISSING = object()
+
+
 def cached(kind: str, owner: Hashable, key: Hashable, build: Callable[[], Any]) -> Any:
     """`owner`'s entry `key` of `kind`, built by `build()` the first time; the least recently used owner's
-    entries are dropped (and with them their executables) beyond MAX_CACHED_OWNERS[kind]."""
-    owners = _cache[kind]
-    if owner in owners:
-        owners.move_to_end(owner)
-    else:
-        owners[owner] = {}
-        while len(owners) > MAX_CACHED_OWNERS[kind]:
-            owners.popitem(last=False)
-    entries = owners[owner]
-    if key not in entries:
-        entries[key] = build()
-    return entries[key]
+    entries are dropped (and with them their executables) beyond MAX_CACHED_OWNERS[kind]. Thread-safe; two
+    threads building one entry at once both build it, and the first one stored is kept."""
+    with _cache_lock:
+        owners = _cache[kind]
+        if owner in owners:
+            owners.move_to_end(owner)
+        else:
+            owners[owner] = {}
+            while len(owners) > MAX_CACHED_OWNERS[kind]:
+                owners.popitem(last=False)
+        entries = owners[owner]
+        entry = entries.get(key, _MISSING)
+    if entry is _MISSING:
+        built = build()
+        with _cache_lock:
+            entry = entries.setdefault(key, built)
+    return entry
 
 
 def cached_keys(kind: str) -> list[Hashable]:

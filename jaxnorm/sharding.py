@@ -65,6 +65,13 @@ def shard_seeds(tree: Any, mesh: Mesh | None) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, P(SEED_AXIS)))
 
 
+def abstract_seeds(tree: Any, mesh: Mesh | None) -> Any:
+    """`tree`'s shapes (jax.ShapeDtypeStruct leaves) placed as `shard_seeds` places arrays: what a program
+    is lowered for ahead of its first call."""
+    sharding = None if mesh is None else NamedSharding(mesh, P(SEED_AXIS))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on (its CPU affinity, which a container's cpuset narrows)."""
     try:

@@ -213,6 +213,8 @@ def make_chunk(fns: StepFns, batch_fn: Callable, n_steps: int, with_probes: bool
             # `i < n_bare` is the same for every run, so under vmap this stays a branch that skips the step.
             return jax.lax.cond(i < n_bare, lambda s: step(s, False), skip, s)
 
+        if n_steps == 1:  # nothing but the probed step (a steps = 0 cell): no bare step to trace or compile
+            return state, jax.tree.map(lambda a: a[None], first), layers
         state, rest_metrics = jax.lax.scan(body, state, jnp.arange(n_steps - 1))
         scalars = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest_metrics)
         return state, scalars, layers

@@ -20,14 +20,16 @@ once every process has finished. The spec, the cell layout and what each file ho
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Hashable
 
 from jaxnorm import budget, integrity, rundir
+from jaxnorm.compile_ahead import CompileAhead
 from jaxnorm.config import ConfigError
 from jaxnorm.sweep_spec import PRESETS, Cell, SweepSpec, check_data, expand, parse_clip, preset  # noqa: F401
 
@@ -222,6 +224,23 @@ def pack_cells(cells: list[Cell], *, share: bool = True, pack: int | None = None
     return packing.packs(cells, width, share_depth=share)
 
 
+def program_key(pack: list[Cell], share: bool = True) -> Hashable:
+    """What a pack's compiled programs depend on: packs with equal keys run the same programs
+    (jaxnorm.compile_ahead compiles each key once, ahead of its first pack)."""
+    from jaxnorm import packing
+
+    first, optim = pack[0], packing.program_optim([c.optim for c in pack])
+    key = packing.pack_key(first.model, optim, first.train, first.probe, share_depth=share)
+    return key, optim.clip, sum(c.train.seeds for c in pack)
+
+
+def compile_pack_ahead(pack: list[Cell], pad_to: int | None) -> None:
+    """Compile the programs `run_pack` will run for `pack`, running nothing (jaxnorm.compile_ahead)."""
+    from jaxnorm.trainer import compile_pack_ahead as compile_members
+
+    compile_members(pack[0].model, [(c.optim, c.train) for c in pack], pack[0].probe, pad_to=pad_to)
+
+
 def todo_cells(out_dir: Path, mine: list[Cell]) -> list[Cell]:
     """This process's cells that are not finished and intact; a damaged cell is named on stderr, one line each."""
     todo = []
@@ -237,7 +256,7 @@ def todo_cells(out_dir: Path, mine: list[Cell]) -> list[Cell]:
 
 def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1),
         progress: bool = True, allow_mixed: bool = False, outputs=None, share: bool = True,
-        pack: int | None = None) -> pd.DataFrame:
+        pack: int | None = None, compile_ahead: bool = True) -> pd.DataFrame:
     """Run this shard's unfinished cells of `spec` into `out_dir`; returns `results.load(out_dir)`.
 
     KeyboardInterrupt stops after the cells that finished (results.csv is rebuilt first) and propagates;
@@ -248,7 +267,9 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
     jaxnorm.cell_outputs.CellOutputs (checkpoints, metric sinks, a mirror), applied after each cell.
     `share`: cells of every depth share compiled programs and cells differing only in learning rate, weight
     decay, clip threshold or seeds train packed, `pack` runs at most (None: chosen for the device); False
-    compiles one set of programs per cell (the same results; for measuring what sharing saves). The returned
+    compiles one set of programs per cell (the same results; for measuring what sharing saves).
+    `compile_ahead`: compile the next model structure's programs on a background thread while the current
+    one trains (jaxnorm.compile_ahead; the same programs, so the same results). The returned
     frame's `attrs["time"]` says where this call's time went (compiling, running, writing, figures).
     """
     import jax
@@ -281,10 +302,15 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
         print(f"sweep: {len(cells)} cells, {where}: {len(mine)} cells, {len(mine) - len(todo)} already "
               f"done, {len(todo)} to run in {len(packs)} packs -> {out_dir}", file=sys.stderr)
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
+    ahead = CompileAhead(packs, functools.partial(program_key, share=share),
+                         functools.partial(compile_pack_ahead, pad_to=pad_to), enabled=compile_ahead)
     try:
         busy: list[Cell] = []  # cells another process is training: waited for at the end, trained if it died
         for wait, queue in ((False, packs), (True, [[c] for c in busy])):
-            for group in queue:
+            for index, group in enumerate(queue):
+                if not wait:
+                    with split.part("compiling ahead"):
+                        ahead.before(index)
                 bar.set_postfix_str(group[0].cell_id + (f" +{len(group) - 1}" if len(group) > 1 else ""))
                 others = run_claimed(group, out_dir, wait=wait, progress=progress, pad_to=pad_to, outputs=outputs,
                                      split=split)
@@ -295,6 +321,7 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
                     if outputs is not None:
                         outputs.after_cell(out_dir)
     finally:
+        ahead.close()
         bar.close()
         rebuild_results(out_dir)  # also on KeyboardInterrupt: results.csv reflects every finished cell
     if processes > 1:  # every process's cells are on disk before process 0 draws from them

@@ -9,6 +9,7 @@ the optimizer state, so cells that differ only in learning rate reuse one compil
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -30,12 +31,21 @@ from jaxnorm.step import StepFns, cached_step_fns, cross_entropy, make_chunk, ru
 PROBE_KEY = 1_000_003
 
 
-def one_shot_options(runs_once: bool) -> dict | None:
-    """XLA options for a program that runs once or a few times per cell (initialisation, and with steps = 0
-    every program: the profile at initialisation). There compiling is the whole cost, and on CPU XLA's
-    lowest backend optimisation level compiles 2-3x faster; the arithmetic is the same up to float32
-    rounding (the CPU's matmuls are library calls either way). Other backends keep their defaults."""
-    return {"xla_backend_optimization_level": 0} if runs_once and jax.default_backend() == "cpu" else None
+# XLA:CPU's backend optimisation level per program: 0 for a program that runs once per cell (there compiling
+# is the whole cost, and level 0 compiles 2-3x faster), 1 for the rest. Level 1 compiled the train chunk
+# 1.75x faster than the default (2) and ran it as fast (0.95x at d_model 32, 1.02x at 256: the matmuls are
+# library calls at every level); level 0 ran it 3.7x slower. The arithmetic is the same up to float32 rounding.
+ONCE_LEVEL, REPEATED_LEVEL = 0, 1
+
+
+def compiler_options(runs_once: bool) -> dict | None:
+    """XLA options for a trainer program: on a CPU, the backend optimisation level for a program that runs
+    once or a few times per cell (`runs_once`: initialisation, and with steps = 0 every program) or many
+    times (the train chunk, eval and the Jacobian probes while training). None on other backends (they keep
+    their defaults) and when XLA_FLAGS already sets a level (the caller's choice wins)."""
+    if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return {"xla_backend_optimization_level": ONCE_LEVEL if runs_once else REPEATED_LEVEL}
 
 
 def probe_tokens(data: Dataset, probe_cfg: ProbeConfig) -> jax.Array:
@@ -54,11 +64,11 @@ def _program(kind: str, fns: StepFns, data: Dataset, batch_size: int, mesh: Mesh
              once: bool = False) -> Callable:
     """Compiled programs are cached (`jaxnorm.programs`) by everything that shapes them, so a sweep compiles
     each shape once. `mesh`: the pack's `sharding.train_mesh`. `once`: the program runs once or a few times
-    per cell (see `one_shot_options`); the train chunk is `once` only when nothing trains (steps = 0)."""
+    per cell (see `compiler_options`); the train chunk is `once` only when nothing trains (steps = 0)."""
 
     def build() -> Callable:
         batch_fn = lambda d, k: sharding.shard_batch(d.batch(k, batch_size), mesh)  # noqa: E731
-        options, axis = one_shot_options(once), sharding.seed_axis_name(mesh)
+        options, axis = compiler_options(once), sharding.seed_axis_name(mesh)
         if kind == "chunk":
             return make_chunk(fns, batch_fn, *args, seed_axis=axis, compiler_options=options)
         if kind == "eval":
@@ -134,6 +144,23 @@ def train_pack(model_cfg: ModelConfig, members: list[tuple[OptimConfig, TrainCon
     clip threshold, seed and number of seeds; jaxnorm.packing), else ConfigError. Every run of every cell is
     one entry of the vmapped run axis. A cell whose runs have all diverged stops at the end of that chunk, as
     it would alone: its final measurement is taken then and its runs are frozen while the others go on."""
+    loop, model_cfg = pack_loop(model_cfg, members, probe_cfg, desc=desc, pad_to=pad_to, keep_init=keep_init)
+    records = loop.run()
+    return [loop.history(records[m], loop.owner == m, model_cfg, optim_cfg, train_cfg, loop.probe_cfg)
+            for m, (optim_cfg, train_cfg) in enumerate(members)]
+
+
+def compile_pack_ahead(model_cfg: ModelConfig, members: list[tuple[OptimConfig, TrainConfig]],
+                       probe_cfg: ProbeConfig | None = None, *, pad_to: int | None = None) -> None:
+    """Compile the programs `train_pack` with these arguments will run, without running anything, so that a
+    sweep can compile the next model structure while the current one trains (jaxnorm.compile_ahead)."""
+    pack_loop(model_cfg, members, probe_cfg, desc="", pad_to=pad_to, keep_init=False)[0].compile_ahead()
+
+
+def pack_loop(model_cfg: ModelConfig, members: list[tuple[OptimConfig, TrainConfig]],
+              probe_cfg: ProbeConfig | None, *, desc: str | None, pad_to: int | None,
+              keep_init: bool) -> tuple[PackLoop, ModelConfig]:
+    """The checked PackLoop of `train_pack`'s arguments, and the task's model config (its vocabulary etc.)."""
     probe_cfg = ProbeConfig() if probe_cfg is None else probe_cfg
     if not isinstance(members, (list, tuple)) or not members:
         raise ConfigError(f"train_pack.members: invalid value {members!r}; allowed: a non-empty list of "
@@ -157,9 +184,7 @@ def train_pack(model_cfg: ModelConfig, members: list[tuple[OptimConfig, TrainCon
     eval_seeds = [t.seed for _, t in members for _ in range(t.seeds)]
     loop = PackLoop(fns, data, train_cfg, probe_cfg, seeds, eval_seeds, owner, hparams, active, keep_init,
                     desc or f"{model_cfg.block} L={model_cfg.depth}")
-    records = loop.run()
-    return [loop.history(records[m], owner == m, model_cfg, optim_cfg, train_cfg, probe_cfg)
-            for m, (optim_cfg, train_cfg) in enumerate(members)]
+    return loop, model_cfg
 
 
 @dataclasses.dataclass
@@ -197,33 +222,65 @@ class PackLoop:
         self.timing: dict[str, float] = {}
         self.init_params = None
 
+    def _programs(self, mesh: Mesh | None) -> dict[str, Callable]:
+        """The pack's programs ("init", "eval", "chunk", and "jacobian" when the probe config asks for it)."""
+        cfg, probe_cfg, B = self.train_cfg, self.probe_cfg, self.train_cfg.batch_size
+        once = cfg.steps == 0  # the profile at initialisation: every program runs exactly once
+        out = {"init": _program("init", self.fns, self.data, B, mesh, once=True),
+               "eval": _program("eval", self.fns, self.data, B, mesh, cfg.eval_batches, cfg.z_loss, once=once),
+               "chunk": _program("chunk", self.fns, self.data, B, mesh, self.chunk_len, probe_cfg_any(probe_cfg),
+                                 once=once)}
+        if probe_cfg.jacobian or probe_cfg.spectrum:
+            out["jacobian"] = probes.jacobian_program(self.fns.graphdef, probe_cfg, compiler_options(once))
+        return out
+
+    @property
+    def chunk_len(self) -> int:
+        return max(1, min(self.train_cfg.log_every, self.train_cfg.steps))
+
+    def _inputs(self, mesh: Mesh | None) -> tuple:
+        """(init keys, data keys, eval keys, active depth, probe tokens) as `run` passes them, split over `mesh`
+        where `run` splits them (the init keys are not: the initial state is split after `init`)."""
+        keys = jnp.stack([jax.random.key(s) for s in self.seeds])
+        init_keys, data_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
+        # Every seed of a cell is evaluated on the same batches, drawn from the cell's first seed.
+        eval_keys = jnp.stack([jax.random.key(s + 7919) for s in self.eval_seeds])
+        active = None if self.active is None else jnp.int32(self.active)
+        return (init_keys, sharding.shard_seeds(data_keys, mesh), sharding.shard_seeds(eval_keys, mesh), active,
+                probe_tokens(self.data, self.probe_cfg))
+
+    def compile_ahead(self) -> None:
+        """Lower and compile every program `run` will call, on the shapes and shardings it will call them with,
+        without running any: JAX keeps the executables, so `run` then compiles nothing (tested)."""
+        mesh = sharding.train_mesh(len(self.seeds))
+        sharding.check_batch_divisible(self.train_cfg.batch_size, mesh)
+        progs = self._programs(mesh)
+        init_keys, data_keys, eval_keys, active, tokens = self._inputs(mesh)
+        progs["init"].lower(init_keys, self.hparams, active).compile()
+        state = sharding.abstract_seeds(jax.eval_shape(progs["init"], init_keys, self.hparams, active), mesh)
+        progs["eval"].lower(state.params, state.rest, eval_keys, self.data, active).compile()
+        progs["chunk"].lower(state, data_keys, self.data, active, jnp.asarray(True), jnp.int32(0)).compile()
+        if "jacobian" in progs:
+            progs["jacobian"].lower(state.params, state.rest, tokens, jax.random.key(PROBE_KEY), active).compile()
+
     def run(self) -> list[MemberRecord]:
         cfg, probe_cfg = self.train_cfg, self.probe_cfg
         S, B, M = len(self.seeds), cfg.batch_size, int(self.owner.max()) + 1
         mesh = sharding.train_mesh(S)
         sharding.check_batch_divisible(B, mesh)
-        keys = jnp.stack([jax.random.key(s) for s in self.seeds])
-        init_keys, data_keys = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
         t0 = time.perf_counter()
-        once = cfg.steps == 0  # the profile at initialisation: every program below runs exactly once
-        active = None if self.active is None else jnp.int32(self.active)
-        state = _program("init", self.fns, self.data, B, mesh, once=True)(init_keys, self.hparams, active)
+        progs = self._programs(mesh)
+        init_keys, data_keys, eval_keys, active, tokens = self._inputs(mesh)
+        state = progs["init"](init_keys, self.hparams, active)
         if self.keep_init:
             self.init_params = jax.tree.map(np.asarray, state.params)
-        state, data_keys = sharding.shard_seeds((state, data_keys), mesh)
-        tokens = probe_tokens(self.data, probe_cfg)
-        eval_fn = _program("eval", self.fns, self.data, B, mesh, cfg.eval_batches, cfg.z_loss, once=once)
-        # Every seed of a cell is evaluated on the same batches, drawn from the cell's first seed.
-        eval_keys = sharding.shard_seeds(jnp.stack([jax.random.key(s + 7919) for s in self.eval_seeds]), mesh)
-        chunk_len = max(1, min(cfg.log_every, cfg.steps))
-        chunk = _program("chunk", self.fns, self.data, B, mesh, chunk_len, probe_cfg_any(probe_cfg), once=once)
+        state = sharding.shard_seeds(state, mesh)
+        eval_fn, chunk, chunk_len = progs["eval"], progs["chunk"], self.chunk_len
 
         def run_jacobian(at_step: int) -> dict | None:
-            if not (probe_cfg.jacobian or probe_cfg.spectrum):
+            if "jacobian" not in progs:
                 return None
-            out = probes.jacobian_stats_seeds(self.fns.graphdef, state.params, state.rest, tokens,
-                                              jax.random.key(PROBE_KEY + at_step), probe_cfg, one_shot_options(once),
-                                              active_depth=active)
+            out = progs["jacobian"](state.params, state.rest, tokens, jax.random.key(PROBE_KEY + at_step), active)
             return jax.tree.map(np.asarray, out)
 
         def run_eval() -> tuple:

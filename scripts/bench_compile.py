@@ -54,7 +54,7 @@ def init_cell_compile_times(depth: int, *, block: str = "pre_ln", tiny: bool = F
     S, B = train_cfg.seeds, train_cfg.batch_size
     keys = jnp.stack([jax.random.key(s) for s in range(S)])
     hparams = seed_hparams(spec.optim, S)
-    options = tuple(sorted((train_lib.one_shot_options(True) or {}).items()))
+    options = tuple(sorted((train_lib.compiler_options(True) or {}).items()))
 
     def fresh(kind: str, *args: Any) -> Callable[[], Any]:
         def make():  # the caches emptied, so the program is traced, lowered and compiled anew
