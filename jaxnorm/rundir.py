@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -58,12 +59,25 @@ METRIC_KEYS = metrics.names(jsonl=True)  # the per-step scalars of the metric re
 
 # --- atomic files ---------------------------------------------------------------------------------------
 
+def temp_path(path: Path) -> Path:
+    """A fresh temporary name next to `path` (`TEMP_NAME`: the writer's pid in it, so a dead writer's
+    temporaries can be told from a live one's)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+
+
+def create_temp(tmp: Path) -> int:
+    """Create `tmp` (it must not exist) for writing with the umask's permissions (a shared run directory needs
+    them); returns its descriptor. Callers name the file first and create it inside their `try`, so that an
+    interrupt (SIGTERM, Ctrl-C) arriving just after it was created still finds the name to remove."""
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temporary file next to `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    tmp = temp_path(path)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a shared run directory needs the umask's
+        fd = create_temp(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -71,8 +85,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         _test_write_delay(path)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -106,13 +119,6 @@ def remove_dead_temps(directory: Path) -> int:
             tmp.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _test_write_delay(path: Path) -> None:
@@ -281,9 +287,9 @@ def create_sweep_json(out_dir: Path, spec: SweepSpec, cell_ids: list[str]) -> No
     which fails if it exists), then read it back: of two different specs started at once into one
     directory, exactly one wins and the other gets check_sweep_json's ConfigError."""
     path = Path(out_dir) / "sweep.json"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".sweep.json.{os.getpid()}.", suffix=".tmp")
+    tmp = temp_path(path)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        fd = create_temp(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(sweep_json_bytes(spec, cell_ids))
             f.flush()
@@ -291,7 +297,7 @@ def create_sweep_json(out_dir: Path, spec: SweepSpec, cell_ids: list[str]) -> No
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     check_sweep_json(out_dir, spec)
 
 

@@ -185,7 +185,7 @@ def test_init_only_sweeps_get_init_columns_and_findings(run_dir):  # noqa: F811
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_run_directory_files_respect_the_umask(run_dir, tmp_path, umask, mode):  # noqa: F811
-    """mkstemp creates 0600; a run directory shared by a group (SLURM) must follow the umask instead."""
+    """Files in a run directory follow the umask, not a private 0600: a directory shared by a group (SLURM) needs it."""
     from jaxnorm import rundir
     old = os.umask(umask)
     try:
