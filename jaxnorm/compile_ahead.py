@@ -15,7 +15,6 @@ the failure is real.
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from typing import Callable, Hashable, Sequence, TypeVar
 
 THREAD_NAME = "jaxnorm-compile-ahead"  # jaxnorm.programs.CompileLog counts this thread's compiles apart
@@ -25,9 +24,9 @@ Pack = TypeVar("Pack")
 
 class CompileAhead:
     """Call `before(i)` before running `packs[i]`: it waits for that pack's structure if it is being compiled
-    ahead, and at a structure's first pack starts compiling the structure after it (one ahead, never more). `key(pack)` names a pack's programs
-    (equal keys: the same programs); `compile_pack(pack)` compiles them without running anything. `waited_s`:
-    the seconds `before` spent waiting. Use as a context manager (the thread is stopped on exit)."""
+    ahead, and at a structure's first pack starts compiling the structure after it (one ahead, never more).
+    `key(pack)` names a pack's programs (equal keys: the same programs); `compile_pack(pack)` compiles them
+    without running anything. Use as a context manager (the thread is stopped on exit)."""
 
     def __init__(self, packs: Sequence[Pack], key: Callable[[Pack], Hashable], compile_pack: Callable[[Pack], None],
                  *, enabled: bool = True):
@@ -36,7 +35,6 @@ class CompileAhead:
         self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=THREAD_NAME)
                       if enabled and len(set(self._keys)) > 1 else None)
         self._started: dict[Hashable, concurrent.futures.Future | None] = {}  # None: compiled by the caller
-        self.waited_s = 0.0
 
     def before(self, i: int) -> None:
         if self._pool is None:
@@ -47,10 +45,8 @@ class CompileAhead:
             upcoming = next((k for k in self._keys[i + 1:] if k != key), None)
             if upcoming is not None and upcoming not in self._started:
                 self._started[upcoming] = self._pool.submit(self._compile, self._packs[self._keys.index(upcoming)])
-        if future is not None:
-            t0 = time.perf_counter()
+        if future is not None:  # the caller times the wait (jaxnorm.time_split)
             concurrent.futures.wait([future])
-            self.waited_s += time.perf_counter() - t0
 
     def close(self) -> None:
         """Stop: a compile under way finishes (XLA cannot be interrupted), queued ones are dropped."""

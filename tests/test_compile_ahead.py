@@ -43,7 +43,6 @@ def test_each_structure_is_compiled_once_ahead_on_the_background_thread():
     assert [p for p, _ in compiled] == ["b2", "c2"]
     assert all(name.startswith(THREAD_NAME) for _, name in compiled)
     assert "b2" in started[2] and "c2" in started[4]  # a structure's first pack waited for its compile
-    assert ahead.waited_s > 0
 
 
 def test_programs_compiled_ahead_survive_until_their_first_use():
