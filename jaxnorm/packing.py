@@ -7,8 +7,8 @@ Two cells share a program when they differ only in data the program takes as arg
 A cell without clipping packs with cells clipping by one kind as an infinite threshold.
 
 `pack_key` says which cells pack; `program_optim` is the optimizer config the packed program is built from;
-`packs` splits a sweep's cells into packs of at most `width` runs; `default_width` picks the width for
-the device.
+`packs` splits a sweep's cells into packs of at most `width` runs; `program_key` says which packs run the
+same programs (jaxnorm.compile_ahead compiles each once); `default_width` picks the width for the device.
 """
 
 from __future__ import annotations
@@ -57,6 +57,15 @@ def program_optim(optims: Sequence[OptimConfig]) -> OptimConfig:
         raise ConfigError("pack: invalid value optimizer configs that differ beyond "
                           f"{', '.join(RUN_DATA_OPTIM)} and clipping; allowed: cells that differ only in those")
     return _optim_structure(optims[0]).replace(clip=kinds[0] if kinds else "none")
+
+
+def program_key(pack: Sequence[Any], *, share_depth: bool) -> Hashable:
+    """What the compiled programs of `pack` (a list of jaxnorm.sweep_spec.Cell, as `packs` makes them) depend
+    on: packs with equal keys run the same programs. Their pack key, the clip kind the program is built with,
+    and the number of runs, which sizes the vmapped run axis."""
+    first, optim = pack[0], program_optim([c.optim for c in pack])
+    key = pack_key(first.model, optim, first.train, first.probe, share_depth=share_depth)
+    return key, optim.clip, sum(c.train.seeds for c in pack)
 
 
 def check_train_configs(trains: Sequence[TrainConfig]) -> None:

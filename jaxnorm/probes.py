@@ -68,23 +68,47 @@ def _sq_per_layer(x_LxN: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)))
 
 
+def norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
+    """‖x‖₂ over `axis` (default all), in float32, exact to rounding down to float32's smallest normal number.
+
+    A plain √Σx² loses every entry below ~1e-19: its square is below float32's range, and XLA flushes it to
+    zero. The first layers of a deep Post-LN stack after training have gradients of 1e-29 and less, whose
+    plain norm reads exactly 0. So x is divided by its largest |entry| before squaring (LAPACK's snrm2
+    scales the same way). A NaN anywhere gives NaN, an Inf (and no NaN) gives Inf, all zeros give 0."""
+    x = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim)) if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+    big = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
+    scale = jnp.where((big > 0) & jnp.isfinite(big), big, 1.0)  # Inf or NaN: unscaled, so they propagate
+    return jnp.sqrt(jnp.sum(jnp.square(x / scale), axis=axes)) * jnp.squeeze(scale, axes)
+
+
+def _norm_per_layer(x_LxN: jax.Array) -> jax.Array:
+    """‖x_l‖₂ [L] over every axis but the first (`norm`: no underflow)."""
+    return norm(x_LxN, tuple(range(1, x_LxN.ndim)))
+
+
+def _joint_norm(norms: list[jax.Array]) -> jax.Array:
+    """The norm of several tensors together, from their norms (elementwise over the layer axis)."""
+    return norm(jnp.stack(norms), 0)
+
+
 def group_norms(tree: Any) -> dict[str, jax.Array]:
     """‖·‖₂ per layer [L] of each parameter group in GROUPS (a group with no leaves gives zeros)."""
     leaves = _block_leaves(tree)
     L = leaves[0][1].shape[0]
-    sq = {g: jnp.zeros((L,), jnp.float32) for g in GROUPS}
+    per_group: dict[str, list[jax.Array]] = {g: [] for g in GROUPS}
     for names, leaf in leaves:
-        s_L = _sq_per_layer(leaf)
-        sq["all"] = sq["all"] + s_L
+        n_L = _norm_per_layer(leaf)
+        per_group["all"].append(n_L)
         g = leaf_group(names)
         if g is not None:
-            sq[g] = sq[g] + s_L
-    return {g: jnp.sqrt(s) for g, s in sq.items()}
+            per_group[g].append(n_L)
+    return {g: _joint_norm(n) if n else jnp.zeros((L,), jnp.float32) for g, n in per_group.items()}
 
 
 def per_layer_norm(tree: Any) -> jax.Array:
     """‖θ_l‖₂ [L]: the norm of all block leaves of layer l together."""
-    return jnp.sqrt(sum(_sq_per_layer(leaf) for _, leaf in _block_leaves(tree)))
+    return _joint_norm([_norm_per_layer(leaf) for _, leaf in _block_leaves(tree)])
 
 
 def squared_norms(tree: Any) -> tuple[jax.Array, jax.Array]:
@@ -134,7 +158,7 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
         out["update_ratio"] = per_layer_norm(updates) / jnp.maximum(param_L, _TINY)
     if cfg.activations:
         chex.assert_rank(act_grads_LxBxTxD, 4)
-        out["act_grad_norm"] = jnp.sqrt(_sq_per_layer(act_grads_LxBxTxD))
+        out["act_grad_norm"] = _norm_per_layer(act_grads_LxBxTxD)
         out["act_rms"] = diags["act_rms"]
         out["branch_ratio"] = diags["branch_ratio"]
     if cfg.attention:
@@ -147,7 +171,7 @@ def layer_stats(params: Any, grads: Any, updates: Any, act_grads_LxBxTxD: jax.Ar
         chex.assert_equal_shape_prefix(list(out.values()), 1)
     if cfg.activations and out_act_grad_BxTxD is not None:
         chex.assert_rank(out_act_grad_BxTxD, 3)
-        out["out_act_grad_norm"] = jnp.sqrt(_sqnorm(out_act_grad_BxTxD))
+        out["out_act_grad_norm"] = norm(out_act_grad_BxTxD)
         out["out_act_rms"] = diags["out_act_rms"]
     return out
 
@@ -178,10 +202,6 @@ def residual_stream(graphdef: nnx.GraphDef, params: Any, rest: Any, tokens_BxT: 
     return x0_BxTxD, xs_LxBxTxD, block_fn, block_state
 
 
-def _sqnorm(x: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.square(x.astype(jnp.float32)))
-
-
 def _linearized(fn: Callable, x: jax.Array) -> tuple[Callable, Callable]:
     """(v ↦ Jv, u ↦ Jᵀu) of fn at x: one linearisation, its transpose reusing the same residuals."""
     _, jvp = jax.linearize(fn, x)
@@ -194,13 +214,22 @@ def power_spectral_norm(jvp: Callable, vjp: Callable, v0: jax.Array, iters: int)
 
     A lower bound whose relative error shrinks like (σ₂/σ₁)^(4k) after k steps (a Rayleigh quotient of the
     symmetric JᵀJ), so clustered top singular values need more steps. Exact from any start when J is a
-    multiple of an orthogonal matrix (e.g. the identity of a ReZero block at init)."""
-    def step(_, v):
-        w = vjp(jvp(v))
-        return w / jnp.maximum(jnp.sqrt(_sqnorm(w)), _TINY).astype(w.dtype)
+    multiple of an orthogonal matrix (e.g. the identity of a ReZero block at init).
 
-    v = jax.lax.fori_loop(0, iters, step, v0 / jnp.sqrt(_sqnorm(v0)).astype(v0.dtype))
-    return jnp.sqrt(_sqnorm(jvp(v)))
+    Jv is normalised before Jᵀ applies, so no vector is smaller than ~σ: JᵀJv itself (~σ²) would leave
+    float32's range for σ below ~1e-19, which the end-to-end Jacobian of a deep Post-LN stack reaches."""
+    def step(_, v):
+        w = vjp(_unit(jvp(v)))
+        return _unit(w)
+
+    v = jax.lax.fori_loop(0, iters, step, _unit(v0))
+    return norm(jvp(v))
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    """x / ‖x‖₂, or x itself where ‖x‖ is 0 (a zero vector stays zero)."""
+    n = norm(x)
+    return x / jnp.where(n > 0, n, 1.0).astype(x.dtype)
 
 
 def lanczos_spectral_norm(jvp: Callable, vjp: Callable, v0: jax.Array, steps: int) -> jax.Array:
@@ -215,28 +244,36 @@ def lanczos_spectral_norm(jvp: Callable, vjp: Callable, v0: jax.Array, steps: in
     both against dense Jacobians; `tests/test_probes.py` checks the bounds). Still a lower bound up to
     rounding. Without reorthogonalisation (three vectors of memory, whatever `steps`):
     lost orthogonality only repeats converged Ritz values, it does not move the largest one. A breakdown
-    (an invariant subspace, e.g. J a multiple of an orthogonal matrix) zeroes the rest of the recurrence."""
+    (an invariant subspace, e.g. J a multiple of an orthogonal matrix) zeroes the rest of the recurrence.
+
+    The recurrence runs on JᵀJ/s², s = ‖Jv0‖ (fixed at the first product, so the Krylov space is the same),
+    and the result is scaled back by s: JᵀJv itself (~σ²) would leave float32's range for σ below ~1e-19,
+    which the end-to-end Jacobian of a deep Post-LN stack reaches after training."""
     f32 = jnp.float32
     dot = lambda a, b: jnp.sum(a.astype(f32) * b.astype(f32))  # noqa: E731
 
     def step(carry, _):
-        v, v_prev, beta = carry
-        w = vjp(jvp(v))
+        v, v_prev, beta, s = carry
+        u = jvp(v)
+        s = jnp.where(s > 0, s, norm(u))  # the first step sets it; 0 only if Jv0 = 0 (then all stays 0)
+        inv = (1.0 / jnp.where((s > 0) & jnp.isfinite(s), s, 1.0)).astype(u.dtype)
+        w = vjp(u * inv) * inv
         alpha = dot(v, w)
         w = w - (alpha * v + beta * v_prev).astype(w.dtype)
         w = w - (dot(v, w) * v).astype(w.dtype)  # a second pass against v: cancellation in float32
-        beta_next = jnp.sqrt(_sqnorm(w))
+        beta_next = norm(w)
         # Relative breakdown test: a residual at rounding level of JᵀJv means the space is invariant.
         alive = beta_next > 1e-6 * jnp.maximum(jnp.abs(alpha), _TINY)
         beta_next = jnp.where(alive, beta_next, 0.0)
         v_next = jnp.where(alive, w / jnp.maximum(beta_next, _TINY).astype(w.dtype), jnp.zeros_like(w))
-        return (v_next, v, beta_next), (alpha, beta_next)
+        return (v_next, v, beta_next, s), (alpha, beta_next)
 
-    v = v0 / jnp.sqrt(_sqnorm(v0)).astype(v0.dtype)
-    _, (alpha_K, beta_K) = jax.lax.scan(step, (v, jnp.zeros_like(v), f32(0)), None, length=steps)
+    v = _unit(v0)
+    (_, _, _, s), (alpha_K, beta_K) = jax.lax.scan(step, (v, jnp.zeros_like(v), f32(0), f32(0)), None,
+                                                   length=steps)
     off = beta_K[:-1]
     tridiagonal_KxK = jnp.diag(alpha_K) + jnp.diag(off, 1) + jnp.diag(off, -1)
-    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(tridiagonal_KxK)[-1], 0.0))
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(tridiagonal_KxK)[-1], 0.0)) * s
 
 
 SPECTRAL_NORMS = {"lanczos": lanczos_spectral_norm, "power": power_spectral_norm}
@@ -247,9 +284,10 @@ def hutchinson_frobenius(jvp: Callable, probes_NxBxTxD: jax.Array) -> jax.Array:
 
     `probes_NxBxTxD` holds N Rademacher (±1) vectors. Normalised by dim = B·T·D, so an orthogonal J reads 1.
     The mean of ‖Jv‖² is unbiased for ‖J‖_F² with per-probe variance 2(‖JᵀJ‖_F² − Σᵢ(JᵀJ)ᵢᵢ²); its square
-    root is slightly biased low (Jensen), negligible once N is more than a few."""
-    sq_N = jax.vmap(lambda v: _sqnorm(jvp(v)))(probes_NxBxTxD)
-    return jnp.sqrt(jnp.mean(sq_N) / probes_NxBxTxD[0].size)
+    root is slightly biased low (Jensen), negligible once N is more than a few. The mean of squares is taken as
+    ‖(‖Jv₁‖, …, ‖Jv_N‖)‖²/N (`norm`: no underflow for a tiny J)."""
+    n_N = jax.vmap(lambda v: norm(jvp(v)))(probes_NxBxTxD)
+    return norm(n_N) / jnp.sqrt(jnp.float32(probes_NxBxTxD.shape[0] * probes_NxBxTxD[0].size))
 
 
 def skipping(block_fn: Callable, active_depth: jax.Array | None) -> Callable:
@@ -379,4 +417,4 @@ def amplification(graphdef: nnx.GraphDef, params: Any, new_params: Any, rest: An
     to this output change being amplified by the residual branches' dependency, not to vanishing gradients."""
     logits, _, _ = model_lib.apply(graphdef, params, rest, tokens_BxT, train=False, active_depth=active_depth)
     new_logits, _, _ = model_lib.apply(graphdef, new_params, rest, tokens_BxT, train=False, active_depth=active_depth)
-    return jnp.sqrt(_sqnorm(new_logits - logits)) / jnp.maximum(jnp.sqrt(_sqnorm(logits)), _TINY)
+    return norm(new_logits - logits) / jnp.maximum(norm(logits), _TINY)

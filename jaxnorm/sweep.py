@@ -26,9 +26,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Hashable
+from typing import TYPE_CHECKING
 
-from jaxnorm import budget, integrity, rundir
+from jaxnorm import budget, integrity, packing, rundir
 from jaxnorm.compile_ahead import CompileAhead
 from jaxnorm.config import ConfigError
 from jaxnorm.sweep_spec import PRESETS, Cell, SweepSpec, check_data, expand, parse_clip, preset  # noqa: F401
@@ -218,20 +218,8 @@ def shared_depth(spec: SweepSpec, share: bool = True) -> int | None:
 def pack_cells(cells: list[Cell], *, share: bool = True, pack: int | None = None) -> list[list[Cell]]:
     """`cells` in packs trained side by side (jaxnorm.packing), packs of one model structure adjacent so that
     they reuse its programs; `pack`: runs per pack (None: the device's default; 1 with `share` False)."""
-    from jaxnorm import packing
-
     width = (pack or packing.default_width(cells)) if share else 1
     return packing.packs(cells, width, share_depth=share)
-
-
-def program_key(pack: list[Cell], share: bool = True) -> Hashable:
-    """What a pack's compiled programs depend on: packs with equal keys run the same programs
-    (jaxnorm.compile_ahead compiles each key once, ahead of its first pack)."""
-    from jaxnorm import packing
-
-    first, optim = pack[0], packing.program_optim([c.optim for c in pack])
-    key = packing.pack_key(first.model, optim, first.train, first.probe, share_depth=share)
-    return key, optim.clip, sum(c.train.seeds for c in pack)
 
 
 def compile_pack_ahead(pack: list[Cell], pad_to: int | None) -> None:
@@ -302,7 +290,7 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
         print(f"sweep: {len(cells)} cells, {where}: {len(mine)} cells, {len(mine) - len(todo)} already "
               f"done, {len(todo)} to run in {len(packs)} packs -> {out_dir}", file=sys.stderr)
     bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
-    ahead = CompileAhead(packs, functools.partial(program_key, share=share),
+    ahead = CompileAhead(packs, functools.partial(packing.program_key, share_depth=share),
                          functools.partial(compile_pack_ahead, pad_to=pad_to), enabled=compile_ahead)
     try:
         busy: list[Cell] = []  # cells another process is training: waited for at the end, trained if it died

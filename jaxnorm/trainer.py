@@ -256,8 +256,9 @@ class PackLoop:
         sharding.check_batch_divisible(self.train_cfg.batch_size, mesh)
         progs = self._programs(mesh)
         init_keys, data_keys, eval_keys, active, tokens = self._inputs(mesh)
-        progs["init"].lower(init_keys, self.hparams, active).compile()
-        state = sharding.abstract_seeds(jax.eval_shape(progs["init"], init_keys, self.hparams, active), mesh)
+        init = progs["init"].lower(init_keys, self.hparams, active)
+        init.compile()
+        state = sharding.abstract_seeds(init.out_info, mesh)  # the initial state's shapes, as `run` splits it
         progs["eval"].lower(state.params, state.rest, eval_keys, self.data, active).compile()
         progs["chunk"].lower(state, data_keys, self.data, active, jnp.asarray(True), jnp.int32(0)).compile()
         if "jacobian" in progs:

@@ -84,13 +84,18 @@ def test_disabled_or_single_structure_compiles_nothing_ahead():
     assert calls == []
 
 
-def test_a_failed_compile_ahead_leaves_the_pack_to_compile_in_turn():
-    def fail(pack: str) -> None:
-        raise RuntimeError("no")
+def test_a_failed_compile_ahead_leaves_the_pack_to_compile_in_turn(tmp_path, monkeypatch):
+    def fail(pack, pad_to):
+        raise RuntimeError("compile failed")
 
-    with CompileAhead(["a", "b"], key=lambda p: p, compile_pack=fail) as ahead:
-        ahead.before(0)
-        ahead.before(1)  # waits for the failed compile without raising
+    monkeypatch.setattr(sweep, "compile_pack_ahead", fail)
+    spec = sweep.SweepSpec(depths=(2,), blocks=("pre_ln", "post_ln"), norms=("layernorm",), attentions=("dot",),
+                           optimizers=("adamw",), clips=("none",), lrs=(3e-3,), seeds=1, model=M, train=T,
+                           probe=P.replace(jacobian=False))
+    df = sweep.run(spec, tmp_path / "run", progress=False)
+    # The second structure's compile ahead raised: it compiled in turn, and trained.
+    assert re.search(r"compiling \d+ s \(6 programs[;)]", df.attrs["time"]), df.attrs["time"]
+    assert len(df) == 2 and df["final_loss"].notna().all()
 
 
 def test_run_compiles_nothing_after_compiling_ahead_and_gets_the_same_results():

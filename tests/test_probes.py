@@ -126,6 +126,53 @@ def test_lanczos_is_exact_on_an_invariant_space():
         np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1.0, 1e25])
+def test_norms_match_float64_at_every_scale(scale):
+    """`probes.norm` and the per-layer group norms against float64 numpy, from gradients of ordinary size down
+    to 1e-30 (the first layers of a deep Post-LN stack after training), where a plain float32 √Σx² reads 0
+    (every square is below float32's range), and up to 1e25, where it reads Inf."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(3, 5, 7)) * scale).astype(np.float32)
+    ref = lambda a, axes=None: np.sqrt(np.sum(np.asarray(a, np.float64) ** 2, axis=axes))  # noqa: E731
+    np.testing.assert_allclose(probes.norm(jnp.asarray(x)), ref(x), rtol=1e-6)
+    np.testing.assert_allclose(probes.norm(jnp.asarray(x), (1, 2)), ref(x, (1, 2)), rtol=1e-6)
+    tree = {"encoder": {"blocks": {"mlp": {"fc2": {"kernel": jnp.asarray(x)}},
+                                   "attn": {"query": {"kernel": jnp.asarray(x[:, :2] * 3)}}}}}
+    got = probes.group_norms(tree)
+    np.testing.assert_allclose(got["mlp_out"], ref(x, (1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(got["all"], np.sqrt(ref(x, (1, 2)) ** 2 + ref(x[:, :2] * 3.0, (1, 2)) ** 2), rtol=1e-6)
+    assert np.all(np.asarray(got["all"]) > 0) and np.all(np.isfinite(got["all"]))
+    np.testing.assert_array_equal(got["norm"], 0.0)  # a group without leaves
+
+
+def test_norm_keeps_zeros_infs_and_nans():
+    x = jnp.zeros((2, 3)).at[1, 0].set(jnp.inf)
+    np.testing.assert_array_equal(probes.norm(x, 1), [0.0, np.inf])
+    assert np.isnan(probes.norm(x.at[0, 1].set(jnp.nan)))
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_spectral_and_frobenius_estimates_of_a_tiny_jacobian(method):
+    """J = c·A with c = 1e-25 (the end-to-end Jacobian of a deep Post-LN stack after training is ~1e-28):
+    JᵀJv ~ 1e-50 is below float32's range, yet the estimates must be c times those of A (which a float64 SVD
+    and Frobenius norm check)."""
+    A = np.random.default_rng(2).normal(size=(24, 24)).astype(np.float32)
+    signs = jnp.asarray(np.sign(np.random.default_rng(3).normal(size=(400, 24))), jnp.float32)
+    A64 = A.astype(np.float64)
+    sigma_1 = np.linalg.svd(A64, compute_uv=False)[0]
+
+    def estimates(c):
+        J = jnp.asarray(A) * jnp.float32(c)
+        spectral = probes.SPECTRAL_NORMS[method](lambda v: J @ v, lambda y: J.T @ y, jnp.ones(24), 24)
+        return np.asarray([spectral, probes.hutchinson_frobenius(lambda v: J @ v, signs)], np.float64)
+
+    plain, tiny = estimates(1.0), estimates(1e-25)
+    assert plain[0] <= sigma_1 * (1 + 1e-5)
+    np.testing.assert_allclose(plain[0], sigma_1, rtol=2e-2)
+    np.testing.assert_allclose(plain[1], np.linalg.norm(A64) / np.sqrt(24), rtol=0.1)
+    np.testing.assert_allclose(tiny, 1e-25 * plain, rtol=1e-4)
+
+
 @pytest.mark.parametrize("cfg", [TINY, TINY.replace(block="mix_ln", depth=4, mix_ln_alpha=0.5)])
 def test_residual_stream_matches_loop(cfg):
     """The probes' stream equals a loop over the model's blocks, and its end-to-end map ends where the model's
