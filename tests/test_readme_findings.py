@@ -120,13 +120,15 @@ def test_the_committed_report_names_its_command_and_machine():
 
 
 def test_post_ln_profiles_are_finite_down_to_float32s_range(runs):
-    """Finding 1: Post-LN at L=48 with AdamW at lr 3e-2 ends with a finite profile (its first layers' gradients
-    ~1e-28 of the last layers', which a plain float32 norm read as 0) and no run diverged; with clipping at
-    that rate one seed's first layers are below float32's smallest normal number, its only undefined profile."""
+    """Finding 1: Post-LN at L=48 with AdamW at lr 3e-2 ends with a finite profile (its first layer's gradient
+    1e-19 to 1e-28 times the last layer's, which a plain float32 norm read as 0) and no run diverged; with
+    clipping at that rate one seed's first layers are below float32's smallest normal number, the sweep's
+    only undefined profile."""
     post = runs[(runs.block == "post_ln") & (runs.depth == 48) & np.isclose(runs.lr, 3e-2) & (runs.optimizer == "adamw")]
     unclipped, clipped = post[post["clip"] == "none"], post[post["clip"] == "global_norm:1.0"]
     assert len(unclipped) == 3 and not unclipped.diverged.astype(bool).any()
     assert unclipped.grad_decades_final.notna().all() and (unclipped.grad_decades_final > 10).all()
+    assert unclipped.grad_ratio_final.between(1e-29, 1e-18).all()
     assert clipped.grad_decades_final.isna().sum() == 1
     live = runs[~runs.diverged.astype(bool)]
     assert live.grad_decades_final.isna().sum() == 1
