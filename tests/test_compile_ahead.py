@@ -85,7 +85,10 @@ def test_disabled_or_single_structure_compiles_nothing_ahead():
 
 
 def test_a_failed_compile_ahead_leaves_the_pack_to_compile_in_turn(tmp_path, monkeypatch):
+    attempts = []
+
     def fail(pack, pad_to):
+        attempts.append(pack[0].model.block)
         raise RuntimeError("compile failed")
 
     monkeypatch.setattr(sweep, "compile_pack_ahead", fail)
@@ -94,6 +97,7 @@ def test_a_failed_compile_ahead_leaves_the_pack_to_compile_in_turn(tmp_path, mon
                            probe=P.replace(jacobian=False))
     df = sweep.run(spec, tmp_path / "run", progress=False)
     # The second structure's compile ahead raised: it compiled in turn, and trained.
+    assert attempts == ["post_ln"]
     assert re.search(r"compiling \d+ s \(6 programs[;)]", df.attrs["time"]), df.attrs["time"]
     assert len(df) == 2 and df["final_loss"].notna().all()
 
