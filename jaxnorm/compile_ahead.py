@@ -5,8 +5,9 @@ the first pack of each structure compiles its programs (init, train chunk, eval,
 it can train. `CompileAhead` compiles them on one background thread instead, while the packs before it
 train: JAX keeps the executables, so when the structure's turn comes its programs are ready
 (`jaxnorm.trainer.compile_pack_ahead`, tested to leave nothing for the run to compile). One structure ahead
-is enough to overlap every compile but the first with training, and keeps at most two structures'
-programs alive (jaxnorm.programs bounds them).
+is enough to overlap every compile but the first with training; jaxnorm.programs keeps three structures'
+programs alive (the previous one, the current one and the one compiled ahead), so none is dropped before
+its first use.
 
 A failure while compiling ahead is not reported here: the pack then compiles in turn, and raises there if
 the failure is real.
@@ -30,7 +31,7 @@ class CompileAhead:
 
     def __init__(self, packs: Sequence[Pack], key: Callable[[Pack], Hashable], compile_pack: Callable[[Pack], None],
                  *, enabled: bool = True):
-        self._packs, self._key, self._compile = list(packs), key, compile_pack
+        self._packs, self._compile = list(packs), compile_pack
         self._keys = [key(p) for p in self._packs]
         self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=THREAD_NAME)
                       if enabled and len(set(self._keys)) > 1 else None)

@@ -65,11 +65,14 @@ def temp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
 
 
-def create_temp(tmp: Path) -> int:
-    """Create `tmp` (it must not exist) for writing with the umask's permissions (a shared run directory needs
-    them); returns its descriptor. Callers name the file first and create it inside their `try`, so that an
-    interrupt (SIGTERM, Ctrl-C) arriving just after it was created still finds the name to remove."""
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+def write_temp(tmp: Path, data: bytes) -> None:
+    """Create `tmp` (it must not exist) with the umask's permissions (a shared run directory needs them), write
+    `data` and fsync it. Callers name the file first (`temp_path`) and call this inside their `try`, so that
+    an interrupt (SIGTERM, Ctrl-C) arriving just after it was created still finds the name to remove."""
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -77,11 +80,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = temp_path(path)
     try:
-        fd = create_temp(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_temp(tmp, data)
         _test_write_delay(path)
         os.replace(tmp, path)
     except BaseException:
@@ -289,11 +288,7 @@ def create_sweep_json(out_dir: Path, spec: SweepSpec, cell_ids: list[str]) -> No
     path = Path(out_dir) / "sweep.json"
     tmp = temp_path(path)
     try:
-        fd = create_temp(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(sweep_json_bytes(spec, cell_ids))
-            f.flush()
-            os.fsync(f.fileno())
+        write_temp(tmp, sweep_json_bytes(spec, cell_ids))
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:

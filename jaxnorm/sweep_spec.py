@@ -228,9 +228,9 @@ def _quick() -> SweepSpec:
     learnt in a sudden drop after a plateau near 20% token accuracy, which at lr 3e-3 even depth 2 had not
     left by step 600, while at 1e-2 every cell that trains ends at ~100% accuracy with the loss near 0 (at
     depth 2 Pre-LN and Post-LN get there by step ~200, at depth 24 Pre-LN and ReZero by ~400). About a
-    quarter of its cold time is compiling (one set of programs per placement), which a rerun or resumed sweep
-    skips (JAX's persistent compilation cache); measured times: benchmarks/presets.md. Shows depth effects: Post-LN trains at depth 2 but stays near chance at
-    depth 8 and at chance loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the
+    quarter of its cold time is compiling (one set of programs per placement), which a rerun or resumed
+    sweep skips (JAX's persistent compilation cache); measured times: benchmarks/presets.md. Shows depth
+    effects: Post-LN trains at depth 2 but stays near chance at depth 8 and at chance loss (≈ ln 16) at depth 24, where its end-of-training gradients vanish towards the
     input (first/last layer ratio ~2e-8), while Pre-LN and ReZero reach 100% at every depth. Add `--blocks
     post_ln,pre_ln,deepnorm,rezero --optimizers adamw,rmsprop --clip none,global_norm:1.0` for the full
     small comparison (48 cells).

@@ -249,11 +249,16 @@ class PackLoop:
         return (init_keys, sharding.shard_seeds(data_keys, mesh), sharding.shard_seeds(eval_keys, mesh), active,
                 probe_tokens(self.data, self.probe_cfg))
 
+    def _mesh(self) -> Mesh | None:
+        """The devices the pack's runs are split over (`sharding.train_mesh`), checked against the batch size."""
+        mesh = sharding.train_mesh(len(self.seeds))
+        sharding.check_batch_divisible(self.train_cfg.batch_size, mesh)
+        return mesh
+
     def compile_ahead(self) -> None:
         """Lower and compile every program `run` will call, on the shapes and shardings it will call them with,
         without running any: JAX keeps the executables, so `run` then compiles nothing (tested)."""
-        mesh = sharding.train_mesh(len(self.seeds))
-        sharding.check_batch_divisible(self.train_cfg.batch_size, mesh)
+        mesh = self._mesh()
         progs = self._programs(mesh)
         init_keys, data_keys, eval_keys, active, tokens = self._inputs(mesh)
         init = progs["init"].lower(init_keys, self.hparams, active)
@@ -266,9 +271,8 @@ class PackLoop:
 
     def run(self) -> list[MemberRecord]:
         cfg, probe_cfg = self.train_cfg, self.probe_cfg
-        S, B, M = len(self.seeds), cfg.batch_size, int(self.owner.max()) + 1
-        mesh = sharding.train_mesh(S)
-        sharding.check_batch_divisible(B, mesh)
+        S, M = len(self.seeds), int(self.owner.max()) + 1
+        mesh = self._mesh()
         t0 = time.perf_counter()
         progs = self._programs(mesh)
         init_keys, data_keys, eval_keys, active, tokens = self._inputs(mesh)
