@@ -8,6 +8,11 @@ relative layer position (l + ½)/L, i.e. how many decades the gradient grows fro
 output (1) — positive: larger towards the output (vanishing towards the input), negative: the opposite.
 Unlike the first/last-layer ratio it uses every layer, so one noisy layer cannot flip its sign. The ratio
 is kept as a secondary column (`grad_ratio_*`).
+
+A gradient can vanish past float32's range: below ~1e-45 it is exactly 0 in the backward pass itself, its
+logarithm is -inf and the slope is undefined (NaN). `grad_zero_layers_*` / `act_grad_zero_layers_*` count
+such layers, so that a NaN slope from a gradient that vanished completely is told apart from one that
+overflowed or turned NaN (jaxnorm.findings says which).
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ def _decades(arr: np.ndarray | None, index: int, s: int) -> float | None:
     return decades_slope(arr[index, s])
 
 
+def _zero_layers(arr: np.ndarray | None, index: int, s: int) -> int | None:
+    """How many layers' norms are exactly 0 at one step (a gradient that vanished below float32's range)."""
+    if arr is None or arr.shape[0] == 0:
+        return None
+    return int(np.sum(np.asarray(arr[index, s]) == 0))
+
+
 def _window_mean(x: np.ndarray, w: int) -> np.ndarray:
     """Means of every run of w consecutive values (len(x) − w + 1 of them)."""
     c = np.cumsum(np.concatenate([[0.0], x.astype(np.float64)]))
@@ -72,13 +84,16 @@ def _last_layer(arr: np.ndarray | None, step: int, s: int) -> float | None:
 
 def depth_statistics(h: History, s: int) -> dict[str, float | None]:
     """`grad_decades_{init,final}` (all parameters) and `grad_decades_<group>_{init,final}` per parameter
-    group, `act_grad_decades_{init,final}` for the residual stream, and the first/last-layer ratios."""
+    group, `act_grad_decades_{init,final}` for the residual stream, the first/last-layer ratios, and how many
+    layers' gradients are exactly 0 (`grad_zero_layers_*`, `act_grad_zero_layers_*`)."""
     out: dict[str, float | None] = {}
     for when, index in (("init", 0), ("final", -1)):
         out[f"grad_decades_{when}"] = _decades(h.layers.get("grad_norm/all"), index, s)
         out[f"act_grad_decades_{when}"] = _decades(h.layers.get("act_grad_norm"), index, s)
         out[f"grad_ratio_{when}"] = _ratio(h.layers.get("grad_norm/all"), index, s)
         out[f"act_grad_ratio_{when}"] = _ratio(h.layers.get("act_grad_norm"), index, s)
+        out[f"grad_zero_layers_{when}"] = _zero_layers(h.layers.get("grad_norm/all"), index, s)
+        out[f"act_grad_zero_layers_{when}"] = _zero_layers(h.layers.get("act_grad_norm"), index, s)
         for key in sorted(k for k in h.layers if k.startswith("grad_norm/") and k != "grad_norm/all"):
             out[f"grad_decades_{key.split('/', 1)[1]}_{when}"] = _decades(h.layers[key], index, s)
     return out

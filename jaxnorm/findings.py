@@ -78,11 +78,13 @@ def _setting(row: pd.Series, axes: list[str]) -> str:
 
 
 def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures: set[str],
-                     stream: bool = False) -> str | None:
+                     stream: bool = False, df: pd.DataFrame | None = None) -> str | None:
     """Which placement loses gradient towards the input, from which depth, by how many decades (of the
-    parameter gradient, or with `stream` of the residual-stream gradient ∂loss/∂x_l)."""
+    parameter gradient, or with `stream` of the residual-stream gradient ∂loss/∂x_l). `df`: the per-seed
+    results, to name the runs whose gradient vanished past float32's range (left out of the means)."""
     prefix = "act_grad_decades" if stream else "grad_decades"
     col = f"{prefix}_{when}"
+    zeros = f"{'act_grad' if stream else 'grad'}_zero_layers_{when}"
     quantity = "the residual-stream gradient ‖∂loss/∂x_l‖" if stream else "‖∂loss/∂θ_l‖"
     if col not in rep or not np.isfinite(rep[col]).any():
         return None
@@ -113,11 +115,40 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     flat = at[np.abs(at[col]) < ONE_DECADE / 2]
     if len(flat) and worst[col] >= ONE_DECADE:
         text += f" Within half a decade (flat): {', '.join(f'`{b}`' for b in flat.block)}."
-    text += _exploding(rep, col, deepest)
+    text += _exploding(rep, col, zeros, deepest)
+    if df is not None:
+        text += _vanished_past_float32(df, col, zeros, deepest, axes)
     return text + _figure(["grad_profile.png", "act_grad_profile.png"], figures)
 
 
-def _exploding(rep: pd.DataFrame, col: str, deepest: int) -> str:
+def _underflowed(rows: pd.DataFrame, col: str, zeros: str) -> pd.Series:
+    """Rows whose profile has no slope because some layer's gradient is exactly 0 (vanished past float32)."""
+    if zeros not in rows:
+        return pd.Series(False, index=rows.index)
+    return ~np.isfinite(rows[col].astype(float)) & (rows[zeros].astype(float) > 0)
+
+
+def _vanished_past_float32(df: pd.DataFrame, col: str, zeros: str, deepest: int, axes: list[str]) -> str:
+    """The runs at the deepest depth whose gradient is exactly 0 in some layers: their slope is undefined, so
+    every mean above leaves them out although their gradient vanished furthest; named so that no reader
+    takes the means for the whole story."""
+    at = df[df.depth == deepest]
+    if col.endswith("_final") and "diverged" in at:
+        at = at[~at["diverged"].astype(bool)]  # a diverged run's final numbers describe the blow-up
+    gone = at[_underflowed(at, col, zeros)]
+    if gone.empty:
+        return ""
+    layers = sorted({int(k) for k in gone[zeros]})
+    count = f"{layers[0]}" if len(layers) == 1 else f"{layers[0]} to {layers[-1]}"
+    names = ", ".join(f"`{r.block}`{_setting(r, axes)} seed {int(r.seed)}" for _, r in gone.head(3).iterrows())
+    more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+    runs, it, has = ("1 run", "it", "has") if len(gone) == 1 else (f"{len(gone)} runs", "they", "have")
+    return (f" Left out of the means: {runs} at L={deepest} ({names}{more}) whose gradient is exactly 0 in "
+            f"{count} of {deepest} layers: {it} vanished below float32's smallest number, so {it} {has} no "
+            "slope to average.")
+
+
+def _exploding(rep: pd.DataFrame, col: str, zeros: str, deepest: int) -> str:
     """The placement whose gradient grows most towards the input (beyond a decade), and those whose profile is
     not finite at the deepest depth: the other half of the story."""
     text = ""
@@ -128,7 +159,12 @@ def _exploding(rep: pd.DataFrame, col: str, deepest: int) -> str:
         since = int(steep[steep.block == worst.block].depth.min())
         text += (f" The gradient of `{worst.block}` instead grows towards the input: it {_grows(worst[col])} from "
                  f"the input to the output layer at L={int(worst.depth)} (beyond a decade from L={since} on).")
-    broken = rep[(rep.depth == deepest) & ~np.isfinite(rep[col].astype(float))]
+    at = rep[rep.depth == deepest]
+    vanished = at[_underflowed(at, col, zeros)]
+    broken = at[~np.isfinite(at[col].astype(float)) & ~at.index.isin(vanished.index)]
+    if len(vanished):
+        text += (f" Vanished past float32's range at L={deepest} (the gradient is exactly 0 in some "
+                 f"layers): {', '.join(f'`{b}`' for b in vanished.block)}.")
     if len(broken):
         text += f" Not finite at L={deepest}: {', '.join(f'`{b}`' for b in broken.block)}."
     return text
@@ -267,10 +303,10 @@ def findings(df: pd.DataFrame, figures: set[str] = frozenset()) -> list[str]:
     rep = representative(cells, training)
     out = []
     if training:
-        out += [trainability(df, cells, figures), gradient_profile(rep, cells, "final", figures),
+        out += [trainability(df, cells, figures), gradient_profile(rep, cells, "final", figures, df=df),
                 divergence(df, figures), stability_by_optimizer(df, figures), xiong_comparison(rep, figures)]
     else:
-        out += [gradient_profile(rep, cells, "init", figures), xiong_comparison(rep, figures),
+        out += [gradient_profile(rep, cells, "init", figures, df=df), xiong_comparison(rep, figures),
                 jacobian_and_collapse(rep, figures)]
-        out.append(gradient_profile(rep, cells, "init", figures, stream=True))
+        out.append(gradient_profile(rep, cells, "init", figures, stream=True, df=df))
     return [f for f in out if f][:MAX_FINDINGS]

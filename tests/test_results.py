@@ -64,6 +64,19 @@ def test_summarize_seed_from_hand_made_history():
     assert json.loads(text)["final_loss"] is None and json.loads(text)["final_eval_loss"] is None
 
 
+def test_layers_whose_gradient_is_exactly_zero_are_counted():
+    """A gradient that vanished below float32's range is 0: its log-slope is undefined (NaN), and the
+    zero-layer count says why (jaxnorm.findings tells it from a profile that overflowed)."""
+    h = fake_history([np.ones(6), np.ones(6)])
+    h.layers["grad_norm/all"][-1, 0, :2] = 0.0  # seed 0's first two layers at the end
+    h.layers["act_grad_norm"][0, 1, 0] = np.inf  # seed 1's stream at the start: not finite, not vanished
+    s0, s1 = rundir.summarize_seed(h, 0), rundir.summarize_seed(h, 1)
+    assert s0["grad_zero_layers_final"] == 2 and np.isnan(s0["grad_decades_final"])
+    assert s0["grad_zero_layers_init"] == 0 and np.isfinite(s0["grad_decades_init"])
+    assert s1["grad_zero_layers_final"] == 0 and np.isfinite(s1["grad_decades_final"])
+    assert s1["act_grad_zero_layers_init"] == 0 and np.isnan(s1["act_grad_decades_init"])
+
+
 def test_metrics_rows_logged_steps_and_evals():
     h = fake_history([np.ones(7), np.ones(7)], log_every=3)
     rows = rundir.metrics_rows(h)
