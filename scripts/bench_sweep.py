@@ -95,6 +95,7 @@ def extract(rev: str, dest: Path) -> Path:
     dest.mkdir(parents=True)
     with tarfile.open(tar) as t:
         t.extractall(dest, filter="data")
+    tar.unlink()  # the extracted tree is what runs; the archive is only its transport
     return dest
 
 

@@ -56,6 +56,7 @@ def test_baseline_source_is_the_revisions_tree(tmp_path):
                                capture_output=True, text=True).stdout
     assert (src / "experiments" / "depth_sweep.py").read_text() == committed
     assert (src / "jaxnorm" / "__init__.py").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # the archive it came in is gone
 
 
 def test_baseline_refuses_an_unknown_revision():
