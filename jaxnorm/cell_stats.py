@@ -9,10 +9,11 @@ output (1) — positive: larger towards the output (vanishing towards the input)
 Unlike the first/last-layer ratio it uses every layer, so one noisy layer cannot flip its sign. The ratio
 is kept as a secondary column (`grad_ratio_*`).
 
-A gradient can vanish past float32's range: below ~1e-45 it is exactly 0 in the backward pass itself, its
-logarithm is -inf and the slope is undefined (NaN). `grad_zero_layers_*` / `act_grad_zero_layers_*` count
-such layers, so that a NaN slope from a gradient that vanished completely is told apart from one that
-overflowed or turned NaN (jaxnorm.findings says which).
+A gradient can vanish past float32's range: below ~1e-38 (float32's smallest normal number; XLA:CPU flushes
+smaller ones to zero) it is exactly 0 in the backward pass itself, its logarithm is -inf and the slope is
+undefined (NaN). `grad_zero_layers_*` / `act_grad_zero_layers_*` count such layers, so that a NaN slope from
+a gradient that vanished completely is told apart from one that overflowed or turned NaN (jaxnorm.findings
+says which).
 """
 
 from __future__ import annotations
