@@ -130,5 +130,7 @@ def test_post_ln_profiles_are_finite_down_to_float32s_range(runs):
     assert unclipped.grad_decades_final.notna().all() and (unclipped.grad_decades_final > 10).all()
     assert unclipped.grad_ratio_final.between(1e-29, 1e-18).all()
     assert clipped.grad_decades_final.isna().sum() == 1
+    undefined = clipped[clipped.grad_decades_final.isna()].iloc[0]
+    assert undefined.seed == 2 and undefined.grad_zero_layers_final == 2  # "one seed's first two layers"
     live = runs[~runs.diverged.astype(bool)]
-    assert live.grad_decades_final.isna().sum() == 1
+    assert live.grad_decades_final.isna().sum() == 1 and (live.grad_zero_layers_final > 0).sum() == 1
