@@ -144,8 +144,8 @@ def _vanished_past_float32(df: pd.DataFrame, col: str, zeros: str, deepest: int,
     more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
     runs, it, has = ("1 run", "it", "has") if len(gone) == 1 else (f"{len(gone)} runs", "they", "have")
     return (f" Left out of the means: {runs} at L={deepest} ({names}{more}) whose gradient is exactly 0 in "
-            f"{count} of {deepest} layers: {it} vanished below float32's smallest normal number (~1e-38), so {it} {has} no "
-            "slope to average.")
+            f"{count} of {deepest} layers: {it} vanished below float32's smallest normal number (~1e-38), "
+            f"so {it} {has} no slope to average.")
 
 
 def _exploding(rep: pd.DataFrame, col: str, zeros: str, deepest: int) -> str:
