@@ -183,6 +183,15 @@ def _run(script: str, *args: str, timeout: int = 300, cwd: Path = ROOT) -> subpr
                           text=True, timeout=timeout)
 
 
+def _script_module(name: str):
+    """scripts/<name>.py imported as a module (its functions, without running main)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _table(out: str, title: str) -> list[list[str]]:
     """The cells of the first markdown table after the heading that starts with `title` (header row first)."""
     section = out.split(title, 1)[1]
@@ -312,6 +321,37 @@ def test_bench_rejects_bad_flags(flag, value, allowed):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith(f"error: {flag}: invalid value {value!r}; {allowed}")
+
+
+def test_grid_flops_of_the_quick_grid_by_hand():
+    """grid_flops sums model FLOPs × steps × seeds over the cells. The quick grid by hand: 3 blocks at depths
+    2, 8, 24; D 32, F 64, T 16, B 16, the reverse task's 17-token vocabulary; 2 seeds × 600 steps."""
+    from jaxnorm.benchmarking.flops import grid_flops
+    from jaxnorm.sweep_spec import expand, preset
+
+    per_layer, head = 8 * 32 * 32 + 4 * 32 * 64 + 4 * 16 * 32, 2 * 32 * 17
+    by_hand = 3 * 16 * 16 * (3 * (2 + 8 + 24) * per_layer + 9 * head) * 600 * 2
+    spec = preset("quick")
+    assert grid_flops(expand(spec)) == pytest.approx(by_hand, rel=1e-12)
+    # a steps = 0 cell counts its one measured step
+    assert grid_flops(expand(spec.replace(train=spec.train.replace(steps=0)))) == pytest.approx(by_hand / 600)
+
+
+def test_grid_cost_hours_at_a_peak_and_the_mfu_a_budget_needs():
+    grid_cost = _script_module("grid_cost")
+    table = grid_cost.hours_table(3600e12, {"float32": (1e12, "a datasheet"), "bfloat16": (None, "unknown: x")},
+                                  [1.0, 0.5, 0.01], 2.0)
+    rows = table.splitlines()
+    assert rows[2] == "| float32 | 1e+12 | 1 h | 2 h | 100 h | 0.5 | a datasheet |"
+    assert rows[3] == "| bfloat16 | — | — | — | — | — | unknown: x |"
+    assert [grid_cost.duration(s) for s in (42.0, 450.0, 11700.0)] == ["42 s", "7.5 min", "3.25 h"]
+    proc = _run("grid_cost.py", "--preset", "quick", "--device", "NVIDIA H200")
+    assert proc.returncode == 0, proc.stderr
+    assert "`quick`: 9 cells, 18 runs of 600 steps: 1.742e+12 model FLOPs, on NVIDIA H200" in proc.stdout
+    assert "| float32 | 4.947e+14 | 0.00352 s |" in proc.stdout  # 1.742e12 / 4.947e14 s
+    for flag, value in (("--mfu", "1.5"), ("--hours", "0"), ("--preset", "tiny")):
+        proc = _run("grid_cost.py", flag, value)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {flag}: invalid value {value!r}; allowed")
 
 
 def test_published_peaks_name_their_source():

@@ -39,3 +39,25 @@ def positive_int(parser: argparse.ArgumentParser, flag: str, text: str) -> int:
     if value < 1:
         parser.error(f"{flag}: invalid value {text!r}; allowed: an integer >= 1")
     return value
+
+
+def positive_float(parser: argparse.ArgumentParser, flag: str, text: str) -> float:
+    """One finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        parser.error(f"{flag}: invalid value {text!r}; allowed: a number > 0")
+    return value
+
+
+def fractions(parser: argparse.ArgumentParser, flag: str, text: str) -> list[float]:
+    """A comma-separated list of numbers in (0, 1] (at least one)."""
+    try:
+        got = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        got = []
+    if not got or not all(0 < x <= 1 for x in got):
+        parser.error(f"{flag}: invalid value {text!r}; allowed: comma-separated numbers in (0, 1], e.g. 1,0.4")
+    return got
