@@ -14,7 +14,6 @@ evaluation and the optimizer are not model FLOPs, so real runs take longer still
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from jaxnorm.benchmarking import flags
