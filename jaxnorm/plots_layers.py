@@ -123,6 +123,7 @@ def layer_profile(df: pd.DataFrame, layers: Mapping, key: str, *, ylabel: str, t
              [(r, c, axes[r, c]) for r in range(len(rows)) for c in range(len(panels))])
     for ax in axes.flat[len(slots):]:
         ax.axis("off")
+    drawn: dict[tuple[int, int], bool] = {}  # (row, column) -> the panel has a value a log axis can show
     for r, c, ax in slots:
             index = rows[r][0]
             p = panels[c]
@@ -144,20 +145,29 @@ def layer_profile(df: pd.DataFrame, layers: Mapping, key: str, *, ylabel: str, t
                               color=color[cell.depth], log=log, linestyle=style,
                               marker=("o" if style == "-" else "s") if L <= 16 else None,
                               markersize=3 if style == "-" else 2.5)
+            drawn[r, c] = drawable
             if not drawable:
                 ax.text(0.5, 0.5, "exactly 0 (or non-finite) at every layer:\nnothing to draw on a log axis"
                         if log else "no finite value", transform=ax.transAxes, ha="center", va="center",
                         fontsize="small", color="grey")
-            if log and (drawable or shared):  # an unshared empty panel has no range to put on a log scale
-                ax.set_yscale("log")
-                plain_log_ticks(ax)
-                if not shared and drawable:
-                    _at_least_a_factor(ax, MIN_PANEL_FACTOR)
             ax.set_xlim(0, 1)
             ax.set_title(f"{p} — {_row_title(here, layers, steps_key, index)}", fontsize="small")
             ax.grid(alpha=0.3, which="both" if log else "major")
             if ax in axes[:, 0]:
                 ax.set_ylabel(ylabel)
+    if log:
+        for r, c, ax in slots:
+            # An empty panel takes the log scale only from panels it shares its y axis with that have data: a
+            # log axis with no positive value anywhere has no range (ReZero's MLP gradients at initialisation,
+            # exactly 0 with α = 0, in a sweep of ReZero alone).
+            sharing = [k for k in drawn if wrap or k[0] == r] if shared else [(r, c)]
+            if any(drawn[k] for k in sharing):
+                ax.set_yscale("log")
+                plain_log_ticks(ax)
+                if not shared:
+                    _at_least_a_factor(ax, MIN_PANEL_FACTOR)
+            else:
+                ax.set_yticks([])  # no value on any axis it shares: a linear scale's ticks would mean nothing
     fig.supxlabel(X_LABEL, fontsize="medium")
     extra = [(Line2D([], [], color="k", linestyle=ls), lab) for ls, lab in zip(("-", "--"), styles)]
     _legend(fig, axes[0, -1], "depth", extra)

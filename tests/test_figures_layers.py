@@ -2,6 +2,7 @@
 the Jacobian figure draws the Frobenius estimate and names the spectral method, legends sit outside the
 panels, and captions make no norm claim over norm-free blocks. Nothing compiles."""
 
+import io
 import json
 
 import numpy as np
@@ -102,8 +103,33 @@ def test_all_zero_panel_says_so():
     df, layers = cells(blocks=("rezero",))
     for v in layers.values():
         v["grad_norm/mlp_out"] = np.zeros_like(v["grad_norm/mlp_out"])
-    ax = plots_layers.grad_profile(df, layers, "mlp_out").axes[0]
+    fig = plots_layers.grad_profile(df, layers, "mlp_out")
+    ax = fig.axes[0]
     assert any("exactly 0" in t.get_text() for t in ax.texts)
+    fig.savefig(io.BytesIO(), format="png")  # no panel has a value: every axis stays linear, and it renders
+    assert {a.get_yscale() for a in fig.axes} == {"linear"}
+
+
+def test_a_row_of_zeros_alone_renders_beside_a_row_with_values():
+    """ReZero alone: its MLP gradients are exactly 0 at initialisation (α = 0) and positive after training.
+    The empty row stays linear (a log axis with no positive value has no range and cannot be drawn); the
+    other row is on a log scale."""
+    df, layers = cells(blocks=("rezero",))
+    for v in layers.values():
+        v["grad_norm/mlp_out"][0] = 0.0
+    fig = plots_layers.grad_profile(df, layers, "mlp_out")
+    fig.savefig(io.BytesIO(), format="png")
+    init, end = fig.axes[0], fig.axes[1]
+    assert init.get_yscale() == "linear" and any("exactly 0" in t.get_text() for t in init.texts)
+    assert end.get_yscale() == "log"
+    # beside a block with values in the same row, the empty panel shares that row's log axis
+    df, layers = cells(blocks=("pre_ln", "rezero"))
+    for cid, v in layers.items():
+        if "rezero" in cid:
+            v["grad_norm/mlp_out"][0] = 0.0
+    fig = plots_layers.grad_profile(df, layers, "mlp_out")
+    fig.savefig(io.BytesIO(), format="png")
+    assert [a.get_yscale() for a in fig.axes[:4]] == ["log"] * 4
     with pytest.raises(ValueError, match="allowed"):
         plots_layers.grad_profile(df, layers, "mlp")
 
