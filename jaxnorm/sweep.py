@@ -324,4 +324,5 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
         outputs.after_cell(out_dir)
     df = results.load(out_dir)
     df.attrs["time"] = split.line()  # the command line prints it last
+    df.attrs["time_s"] = split.seconds()  # the same split as numbers (scripts/project_grid.py)
     return df

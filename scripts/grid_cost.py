@@ -17,14 +17,7 @@ from __future__ import annotations
 import sys
 
 from jaxnorm.benchmarking import flags
-
-
-def duration(seconds: float) -> str:
-    """'42 s', '7.5 min', '3.25 h': three significant figures in the largest unit below the value."""
-    for unit, size in (("h", 3600.0), ("min", 60.0)):
-        if seconds >= size:
-            return f"{seconds / size:.3g} {unit}"
-    return f"{seconds:.3g} s"
+from jaxnorm.benchmarking.timing import duration
 
 
 def hours_table(total_flops: float, peaks: dict[str, tuple[float | None, str]], mfus: list[float],

@@ -30,6 +30,8 @@ HEADERS = {
     "spectral_accuracy.py": ["# spectral-norm estimators vs dense Jacobians", "| depth | trained steps | method |"],
     "profile_step.py": ["# where the time goes", "| op kind | 1 seed: ms/chunk |", "## One Jacobian probe call",
                         "## Optimised HLO"],
+    "project_grid.py": ["# `quick` projected from 1 of its 3 model structures at 20 of its 600 steps (tiny)",
+                        "| structure | cells | compiling s |", "Projected for all 3 structures (6 cells)"],
     "torch_reference.py": ['"results"'],
     "bench.py": ["# jaxnorm benchmark", "## Train step", "| block | depth | jaxnorm ms/step |",
                  "## FLOP/s vs matmul peaks", "| matmul dtype |", "| bfloat16 |", "## Compile time vs depth",
@@ -72,6 +74,8 @@ def smoke_runs(shared_dir, profile_dir) -> dict[str, tuple[int, str, str]]:
                                                      "spectral_accuracy.py", "bench_jacobian_loops.py")}
             procs["profile_step.py"] = _start("profile_step.py", "--hlo-dir", str(profile_dir / "hlo"),
                                               "--out", str(profile_dir / "profile.md"))
+            procs["project_grid.py"] = _start("project_grid.py", "--preset", "quick", "--structures", "1",
+                                              "--steps", "20")
             runs = {name: (p.wait(timeout=300), *p.communicate()) for name, p in procs.items()}
             results.write_text(json.dumps(runs))
     return {name: tuple(run) for name, run in json.loads(results.read_text()).items()}
@@ -79,12 +83,53 @@ def smoke_runs(shared_dir, profile_dir) -> dict[str, tuple[int, str, str]]:
 
 @pytest.mark.xdist_group("bench-smoke-runs")
 @pytest.mark.parametrize("script", ["bench_compile.py", "bench_probes.py", "profile_step.py", "spectral_accuracy.py",
-                                    "bench_jacobian_loops.py"])
+                                    "bench_jacobian_loops.py", "project_grid.py"])
 def test_jax_bench_script_smoke(smoke_runs, script):
     rc, out, err = smoke_runs[script]
     assert rc == 0, err[-2000:]
     for header in HEADERS[script]:
         assert header in out
+
+
+@pytest.mark.xdist_group("bench-smoke-runs")
+def test_projection_is_the_sampled_structures_mean_times_their_number(smoke_runs):
+    """The projected total is 3 structures × the sampled one's compiling + running + writing + what the full
+    loops add (each printed to 0.1 s; the mean over several samples: the test below)."""
+    rc, out, err = smoke_runs["project_grid.py"]
+    assert rc == 0, err[-2000:]
+    rows = [[float(v) for v in line.split("|")[3:7]] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| structure")]
+    assert len(rows) == 1 and all(v >= 0 for v in rows[0]) and rows[0][3] > 0
+    expected = 3 * sum(rows[0])
+    total = re.search(r"\*\*([\d.]+) (s|min|h|days)\*\*", out)
+    seconds = float(total.group(1)) * {"s": 1, "min": 60, "h": 3600, "days": 86400}[total.group(2)]
+    assert seconds == pytest.approx(expected, rel=0.01, abs=1.0)
+
+
+def test_project_grid_picks_whole_structures_and_scales_only_the_loops():
+    project_grid = _script_module("project_grid")
+    from jaxnorm.sweep_spec import expand, preset
+
+    spec = preset("quick")
+    groups = project_grid.structures(expand(spec))
+    assert [{c.block for c in g} for g in groups] == [{"post_ln"}, {"pre_ln"}, {"rezero"}]
+    assert all(sorted(c.depth for c in g) == [2, 8, 24] for g in groups)
+    narrowed = project_grid.structure_spec(spec, groups[2])
+    assert [c.cell_id for c in expand(narrowed)] == [c.cell_id for c in groups[2]]
+    assert project_grid.spread(56, 2) == [0, 28] and project_grid.spread(3, 5) == [0, 1, 2]
+    # a pack of 2 cells × 3 seeds (6 runs) whose loop after a first chunk of 10 steps took 4 s over 90 steps:
+    # at 1010 steps it runs 1000 steps after that chunk, 1000/90 times as long, so the pack adds
+    # 4 s × (1000/90 − 1), half of it from each cell
+    pack = [{"timing": {"run_s": 4.0, "runs_packed": 6.0}}] * 2
+    assert project_grid.loop_extra(pack, 3, 100, 1010, 10) == pytest.approx(4.0 * (1000 / 90 - 1))
+    whole = project_grid.project([{"compiling": 10.0, "running": 5.0, "writing": 1.0, "extra": 40.0},
+                                  {"compiling": 20.0, "running": 7.0, "writing": 1.0, "extra": 60.0}], 10)
+    assert whole == {"compiling": 150.0, "running": 560.0, "writing": 10.0, "total": 720.0}
+    # a sample no longer than the first chunk has no loop to scale: refused in one line, before anything runs
+    proc = _run("project_grid.py", "--preset", "quick", "--steps", "10")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --steps: invalid value 10; allowed: more than the `quick` preset's first chunk (10 steps, its "
+        "log_every) and fewer than its 600 steps"]
 
 
 @pytest.mark.xdist_group("bench-smoke-runs")
@@ -342,9 +387,10 @@ def test_grid_cost_hours_at_a_peak_and_the_mfu_a_budget_needs():
     table = grid_cost.hours_table(3600e12, {"float32": (1e12, "a datasheet"), "bfloat16": (None, "unknown: x")},
                                   [1.0, 0.5, 0.01], 2.0)
     rows = table.splitlines()
-    assert rows[2] == "| float32 | 1e+12 | 1 h | 2 h | 100 h | 0.5 | a datasheet |"
+    assert rows[2] == "| float32 | 1e+12 | 1 h | 2 h | 4.17 days | 0.5 | a datasheet |"
     assert rows[3] == "| bfloat16 | — | — | — | — | — | unknown: x |"
-    assert [grid_cost.duration(s) for s in (42.0, 450.0, 11700.0)] == ["42 s", "7.5 min", "3.25 h"]
+    from jaxnorm.benchmarking.timing import duration
+    assert [duration(s) for s in (42.0, 450.0, 11700.0, 2 * 86400.0)] == ["42 s", "7.5 min", "3.25 h", "2 days"]
     proc = _run("grid_cost.py", "--preset", "quick", "--device", "NVIDIA H200")
     assert proc.returncode == 0, proc.stderr
     assert "`quick`: 9 cells, 18 runs of 600 steps: 1.742e+12 model FLOPs, on NVIDIA H200" in proc.stdout

@@ -61,3 +61,11 @@ def cold_compile(make_jitted: Callable[[], Any], *args: Any) -> tuple[float, flo
     lowered.compile()
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '7.5 min', '3.25 h', '2.1 days': three significant figures in the largest unit not above it."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
