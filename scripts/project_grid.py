@@ -6,10 +6,13 @@
 A model structure is every cell that shares one set of compiled programs: all depths, learning rates,
 clippings and seeds of one block, norm, attention and optimizer (jaxnorm.packing). The script picks
 `--structures` of them spread evenly over the grid and runs each as a sweep of its own with `--steps` steps
-instead of the preset's, with an empty compilation cache (cold, as a first run). Per structure it keeps the
-sweep's own time split (compiling, running, writing) and adds what the longer runs would cost: each pack's
-training loop after its first chunk (`run_s` in its cells' summary.json) scaled from the sample's steps to
-the preset's. The mean over the sample times the grid's number of structures is the projection.
+instead of the preset's, cold (an empty compilation cache) and on the devices the sweep's command uses (on a
+CPU one per seed, as `--cpu-devices auto`). Per structure it keeps the sweep's own time split (compiling,
+running, writing) and adds what the longer runs would cost: each pack's training loop after its first chunk
+(`run_s` in its cells' summary.json) scaled from the sample's steps to the preset's. The mean over the
+sample times the grid's number of structures is the projection. Checked on a 2-core CPU: `--preset compare
+--structures 2 --steps 60` (2 minutes) projected 19.8 min; the whole preset took 20 min 1 s cold
+(benchmarks/presets.md).
 
 What it leaves out: the whole sweep compiles the next structure while one trains (here each structure's
 compiling is counted in full, an overestimate where compiling dominates), the Jacobian probes and
@@ -106,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(name: str, k: int, sample_steps: int, out: Path, tiny: bool) -> int:
     import json
 
-    from jaxnorm import budget, sweep
+    from jaxnorm import budget, sharding, sweep
     from jaxnorm.benchmarking.peaks import machine_description
     from jaxnorm.sweep_spec import expand, preset
 
     spec = preset(name)
+    # As `python -m experiments.depth_sweep` does by default (--cpu-devices auto): on a CPU, a device per seed.
+    sharding.set_cpu_devices(sharding.auto_cpu_devices(spec.seeds))
     if tiny:
         spec = spec.replace(depths=(2, 4), model=spec.model.replace(d_model=16, num_heads=2, d_ff=32),
                             train=spec.train.replace(batch_size=4, seq_len=8))
