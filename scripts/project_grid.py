@@ -10,9 +10,8 @@ instead of the preset's, cold (an empty compilation cache) and on the devices th
 CPU one per seed, as `--cpu-devices auto`). Per structure it keeps the sweep's own time split (compiling,
 running, writing) and adds what the longer runs would cost: each pack's training loop after its first chunk
 (`run_s` in its cells' summary.json) scaled from the sample's steps to the preset's. The mean over the
-sample times the grid's number of structures is the projection. Checked on a 2-core CPU: `--preset compare
---structures 2 --steps 60` (2 minutes) projected 19.8 min; the whole preset took 20 min 1 s cold
-(benchmarks/presets.md).
+sample times the grid's number of structures is the projection (checked against a whole preset's run:
+benchmarks/presets.md).
 
 What it leaves out: the whole sweep compiles the next structure while one trains (here each structure's
 compiling is counted in full, an overestimate where compiling dominates), the Jacobian probes and
