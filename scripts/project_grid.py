@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxnorm.benchmarking import flags
-from jaxnorm.config import ConfigError
 from jaxnorm.benchmarking.timing import duration
+from jaxnorm.config import ConfigError
 
 
 def structures(cells: list[Any]) -> list[list[Any]]:
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = flags.OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default paper)")
     parser.add_argument("--structures", default="2", help="model structures to run, an integer >= 1 (default 2)")
-    parser.add_argument("--steps", default="200", help="steps per cell in the sample, an integer >= 1 (default 200)")
+    parser.add_argument("--steps", default="200", help="steps per cell in the sample: more than the preset's "
+                                                       "log_every and fewer than its steps (default 200)")
     parser.add_argument("--out", default=None, help="keep the sample's run directories here (default: a "
                                                     "temporary directory, removed at the end)")
     parser.add_argument("--tiny", action="store_true", help="smoke run: the preset at a tiny width, depths 2 and 4")
