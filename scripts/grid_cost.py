@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mfu", default="1,0.4,0.1", help="comma-separated MFUs in (0, 1] (default 1,0.4,0.1)")
     parser.add_argument("--hours", default="3", help="a time budget in hours > 0 (default 3)")
     args = parser.parse_args(argv)
-    if args.preset not in PRESETS:
-        parser.error(f"--preset: invalid value {args.preset!r}; allowed: {', '.join(PRESETS)}")
+    args.preset = flags.preset_name(parser, "--preset", args.preset)
     mfus = flags.fractions(parser, "--mfu", args.mfu)
     hours = flags.positive_float(parser, "--hours", args.hours)
 

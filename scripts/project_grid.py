@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "temporary directory, removed at the end)")
     parser.add_argument("--tiny", action="store_true", help="smoke run: the preset at a tiny width, depths 2 and 4")
     args = parser.parse_args(argv)
-    if args.preset not in PRESETS:
-        parser.error(f"--preset: invalid value {args.preset!r}; allowed: {', '.join(PRESETS)}")
+    args.preset = flags.preset_name(parser, "--preset", args.preset)
     k = flags.positive_int(parser, "--structures", args.structures)
     sample_steps = flags.positive_int(parser, "--steps", args.steps)
 

@@ -61,3 +61,12 @@ def fractions(parser: argparse.ArgumentParser, flag: str, text: str) -> list[flo
     if not got or not all(0 < x <= 1 for x in got):
         parser.error(f"{flag}: invalid value {text!r}; allowed: comma-separated numbers in (0, 1], e.g. 1,0.4")
     return got
+
+
+def preset_name(parser: argparse.ArgumentParser, flag: str, text: str) -> str:
+    """The name of one of jaxnorm's presets (jaxnorm.sweep_spec.PRESETS)."""
+    from jaxnorm.sweep_spec import PRESETS
+
+    if text not in PRESETS:
+        parser.error(f"{flag}: invalid value {text!r}; allowed: {', '.join(PRESETS)}")
+    return text
