@@ -98,10 +98,11 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     axes = _other_axes(cells)
     others = ", ".join(f"`{r.block}`{_setting(r, axes)} {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
     which = " (each placement's cell with the lowest final loss)" if axes and when == "final" else ""
-    text = (f"{stage.capitalize()}{which}, `{worst.block}`{_setting(worst, axes)} at L={deepest} has the steepest "
-            "gradient profile: "
-            f"{quantity} {_grows(worst[col])} from the input layer to the output layer"
-            f"{_spread(cells, worst_id, col)}")
+    cell = f"`{worst.block}`{_setting(worst, axes)} at L={deepest}"
+    # "the steepest" only where there are profiles to compare (one placement: its profile, said plainly)
+    lead = f"{cell} has the steepest gradient profile: " if len(at) > 1 else f"in {cell} "
+    text = (f"{stage.capitalize()}{which}, {lead}{quantity} {_grows(worst[col])} from the input layer to the "
+            f"output layer{_spread(cells, worst_id, col)}")
     if when == "final" and f"{prefix}_init" in rep:
         text += f", against {_d(worst[f'{prefix}_init'])} at initialisation"
     text += (f" (other placements at L={deepest}: {others})" if others else "") + "."

@@ -168,7 +168,8 @@ def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
 
 
 def _steepest(df: pd.DataFrame) -> str:
-    return next(f for f in findings.findings(df) if "steepest gradient profile" in f)
+    """The gradient-profile finding ("the steepest" only while two placements have a finite profile)."""
+    return next(f for f in findings.findings(df) if "decades from the input layer to the output layer" in f)
 
 
 def test_findings_tell_gradients_that_vanished_past_float32_from_non_finite_ones(run_dir):  # noqa: F811
@@ -193,6 +194,14 @@ def test_findings_tell_gradients_that_vanished_past_float32_from_non_finite_ones
     broken = every.assign(grad_zero_layers_final=0)
     text = _steepest(broken)
     assert "Not finite at L=8: `pre_ln`." in text and "Vanished" not in text and "Left out" not in text
+
+
+def test_a_single_placement_is_not_called_the_steepest(run_dir):  # noqa: F811
+    df = results.load(run_dir)
+    pre = df[df.block == "pre_ln"]
+    profile = _steepest(pre)
+    assert "steepest" not in profile and profile.startswith("After training (each placement's cell with the "
+                                                            "lowest final loss), in `pre_ln` (lr=")
 
 
 def test_report_opens_with_findings_and_links_existing_figures(run_dir):  # noqa: F811
