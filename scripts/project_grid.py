@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(name: str, k: int, sample_steps: int, out: Path, tiny: bool) -> int:
-    import json
-
-    from jaxnorm import budget, sharding, sweep
+    from jaxnorm import budget, integrity, sharding, sweep
     from jaxnorm.benchmarking.peaks import machine_description
     from jaxnorm.sweep_spec import expand, preset
 
@@ -135,17 +133,17 @@ def _run(name: str, k: int, sample_steps: int, out: Path, tiny: bool) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     samples = []
     for i in picked:
-        cells = groups[i]
-        sample = structure_spec(spec, cells)
+        group = groups[i]
+        sample = structure_spec(spec, group)
         sample = sample.replace(train=sample.train.replace(steps=sample_steps if steps else 0))
         run_dir = out / f"structure-{i}"
         seconds = dict(sweep.run(sample, run_dir, progress=False).attrs["time_s"])
-        summaries = [json.loads((run_dir / "cells" / c.cell_id / "summary.json").read_text())
+        summaries = [integrity.read_summary(run_dir / "cells" / c.cell_id)
                      for c in expand(sample)]  # the sample's ids: its steps are part of them
         seconds["extra"] = loop_extra(summaries, spec.seeds, sample_steps, steps, chunk) if steps else 0.0
         samples.append(seconds)
-        c = cells[0]
-        print(f"| {c.block}, {c.norm}, {c.attention}, {c.optimizer} | {len(cells)} | {seconds['compiling']:.1f} | "
+        c = group[0]
+        print(f"| {c.block}, {c.norm}, {c.attention}, {c.optimizer} | {len(group)} | {seconds['compiling']:.1f} | "
               f"{seconds['running']:.1f} | {seconds['writing']:.1f} | {seconds['extra']:.1f} |", flush=True)
     whole = project(samples, len(groups))
     print()

@@ -167,7 +167,7 @@ def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
     assert "2 of 16 runs diverged" in joined and "at step 12" in joined
 
 
-def _steepest(df: pd.DataFrame) -> str:
+def _profile_finding(df: pd.DataFrame) -> str:
     """The gradient-profile finding ("the steepest" only while two placements have a finite profile)."""
     return next(f for f in findings.findings(df) if "decades from the input layer to the output layer" in f)
 
@@ -175,7 +175,7 @@ def _steepest(df: pd.DataFrame) -> str:
 def test_findings_tell_gradients_that_vanished_past_float32_from_non_finite_ones(run_dir):  # noqa: F811
     df = results.load(run_dir)
     assert (df.grad_zero_layers_final == 0).all()  # the synthetic profiles have no layer at exactly 0
-    assert "Left out" not in _steepest(df) and "Vanished" not in _steepest(df)
+    assert "Left out" not in _profile_finding(df) and "Vanished" not in _profile_finding(df)
     # one run of pre_ln at L=8 vanished past float32 in 3 layers: its slope is NaN, and the finding names it
     live = df[(df.depth == 8) & (df.block == "pre_ln")]
     one = live.index[0]
@@ -183,23 +183,23 @@ def test_findings_tell_gradients_that_vanished_past_float32_from_non_finite_ones
     gone.loc[one, ["grad_decades_final", "grad_zero_layers_final"]] = [np.nan, 3]
     r = gone.loc[one]
     assert (f"Left out of the means: 1 run at L=8 (`pre_ln` (lr={r.lr:g}) seed {int(r.seed)}) whose gradient "
-            "is exactly 0 in 3 of 8 layers") in _steepest(gone)
+            "is exactly 0 in 3 of 8 layers") in _profile_finding(gone)
     # every pre_ln run at L=8 vanished: named as vanished, not as "not finite"
     every = df.copy()
     every.loc[live.index, ["grad_decades_final", "grad_zero_layers_final"]] = [np.nan, 2]
-    text = _steepest(every)
+    text = _profile_finding(every)
     assert "Vanished past float32's range at L=8 (the gradient is exactly 0 in some layers): `pre_ln`." in text
     assert "Not finite" not in text and "4 runs at L=8" in text
     # the same NaN slopes without a zero layer (an overflow): "not finite", nothing said of float32's range
     broken = every.assign(grad_zero_layers_final=0)
-    text = _steepest(broken)
+    text = _profile_finding(broken)
     assert "Not finite at L=8: `pre_ln`." in text and "Vanished" not in text and "Left out" not in text
 
 
-def test_a_single_placement_is_not_called_the_steepest(run_dir):  # noqa: F811
+def test_a_single_placement_is_not_called_the_profile_finding(run_dir):  # noqa: F811
     df = results.load(run_dir)
     pre = df[df.block == "pre_ln"]
-    profile = _steepest(pre)
+    profile = _profile_finding(pre)
     assert "steepest" not in profile and profile.startswith("After training (each placement's cell with the "
                                                             "lowest final loss), in `pre_ln` (lr=")
 
