@@ -205,6 +205,7 @@ def deepnet_depth(scale: Scale) -> dict[str, Any]:
             stats = summarize_seed(h, s)
             rows.append({"cell_id": f"{block}_L{depth}", "task": train_cfg.task,
                          "vocab_size": h.config["model"]["vocab_size"], "num_symbols": train_cfg.num_symbols,
+                         "context_free_loss": h.config["data"]["context_free_loss"],
                          "final_loss": stats["final_loss"], "diverged": stats["diverged"]})
     df = pd.DataFrame(rows)
     df["trained"] = outcome.trained(df)

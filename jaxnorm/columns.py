@@ -9,7 +9,7 @@ every call so that a registered axis counts.
 from jaxnorm import axes
 
 CONFIG_COLUMNS = {"train": ["task", "steps", "batch_size", "seq_len", "num_symbols"],
-                  "model": ["d_model", "num_heads", "d_ff", "vocab_size"]}
+                  "model": ["d_model", "num_heads", "d_ff", "vocab_size"], "data": ["context_free_loss"]}
 TIMING_COLUMNS = ["compile_s", "run_s", "steps_per_s", "wall_s"]
 # LR sensitivity's groups lead with these axes, in this order (the order of its tables' columns and rows).
 GROUP_LEAD = ("block", "depth", "optimizer")

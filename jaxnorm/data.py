@@ -14,6 +14,7 @@ import codecs
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import stat
 import sysconfig
@@ -57,6 +58,10 @@ class Dataset:
     causal: bool
     num_symbols: int = 0                   # synthetic tasks: alphabet size; MASK = num_symbols
     corpus_fingerprint: str | None = None  # text tasks: sha256 of the corpus bytes used
+    # The lowest mean loss a model that ignores its input can reach: the entropy of the targets' distribution
+    # (nats). Synthetic targets are uniform over the alphabet (ln num_symbols); a text task's targets follow
+    # the training split's character frequencies (mlm scores uniformly chosen positions, lm every next one).
+    context_free_loss: float = 0.0
     train_tokens: jax.Array | None = None  # text tasks: int32 ids of the first 90% of the corpus
     eval_tokens: jax.Array | None = None   # text tasks: int32 ids of the last 10%
 
@@ -76,14 +81,15 @@ class Dataset:
 
 jax.tree_util.register_dataclass(
     Dataset, data_fields=["train_tokens", "eval_tokens"],
-    meta_fields=["name", "vocab_size", "seq_len", "causal", "num_symbols", "corpus_fingerprint"])
+    meta_fields=["name", "vocab_size", "seq_len", "causal", "num_symbols", "corpus_fingerprint",
+                 "context_free_loss"])
 
 
 def make_dataset(cfg: TrainConfig) -> Dataset:
     """The dataset of ``cfg.task``; raises :class:`DataError` if a text task's corpus is unusable."""
     if cfg.task in SYNTHETIC_TASKS:
         return Dataset(name=cfg.task, vocab_size=cfg.num_symbols + 1, seq_len=cfg.seq_len, causal=False,
-                       num_symbols=cfg.num_symbols)
+                       num_symbols=cfg.num_symbols, context_free_loss=math.log(cfg.num_symbols))
     if cfg.task in TEXT_TASKS:
         return _make_text(cfg)
     raise ValueError(f"TrainConfig.task: invalid value {cfg.task!r}")  # unreachable: config validates
@@ -170,7 +176,15 @@ def _make_text(cfg: TrainConfig) -> Dataset:
     return Dataset(name=cfg.task, vocab_size=int(len(vocab)) + (cfg.task == "mlm"), seq_len=cfg.seq_len,
                    causal=cfg.task in CAUSAL_TASKS,
                    corpus_fingerprint=hashlib.sha256(data).hexdigest(),
+                   context_free_loss=frequency_entropy(ids[:n_train]),
                    train_tokens=jnp.asarray(ids[:n_train]), eval_tokens=jnp.asarray(ids[n_train:]))
+
+
+def frequency_entropy(ids: np.ndarray) -> float:
+    """Entropy (nats) of the token frequencies in `ids`: the loss of predicting every target from them alone."""
+    p = np.bincount(ids).astype(np.float64)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 def _text_error(path: str, problem: str, seq_len: int) -> DataError:

@@ -22,10 +22,11 @@ from jaxnorm.plots import LayerStore, check_run_dir, save_atomic
 
 # File name -> what it shows (the report's captions, in the report's order).
 FIGURES = {
-    "loss_vs_depth.png": "Final train (solid) and eval (dashed) loss vs depth; dotted = chance; × = a diverged seed "
-                         "at its initial loss.",
-    "stability_map.png": "Fraction of runs that trained, per depth and block (" + outcome.describe() + ").",
-    "loss_curves.png": "Training loss vs step for every cell (colour = depth, line style = learning rate, a row per optimizer × clip; mean over seeds, band = spread; squares = eval loss; dotted = chance).",
+    "loss_vs_depth.png": "Final train (solid) and eval (dashed) loss vs depth; dotted = chance, dash-dotted (text "
+                         "tasks) = the character frequencies' loss; × = a diverged seed at its initial loss.",
+    "stability_map.png": "Fraction of runs that trained, per depth and block (" + outcome.describe() + "; where no "
+                         "cell learned beyond that, the fraction that did not diverge).",
+    "loss_curves.png": "Training loss vs step for every cell (colour = depth, line style = learning rate, a row per optimizer × clip; mean over seeds, band = spread; squares = eval loss; dotted = chance, dash-dotted = the character frequencies' loss).",
     "grad_profile.png": "Per-layer parameter-gradient norm ‖∂loss/∂θ_l‖ (all of layer l's parameters) at "
                         "initialisation (step 0) and at the last step.",
     "grad_profile_mlp_out.png": "Per-layer gradient norm of the FFN output matrix W2 alone, ‖∂loss/∂W2_l‖ "

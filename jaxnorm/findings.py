@@ -178,7 +178,7 @@ def trainability(df: pd.DataFrame, cells: pd.DataFrame, figures: set[str]) -> st
     if not np.isfinite(threshold).any():
         best = cells["final_loss"].min()
         return (f"No cell learned the task: the best mean final loss, {_f(best)}, is within "
-                f"{outcome.MIN_BEST_GAIN:.0%} of chance ({_f(outcome.chance_losses(df).iloc[0])})"
+                f"{outcome.MIN_BEST_GAIN:.0%} of {_baseline_phrase(df)}, so no run counts as trained"
                 + _figure(["loss_vs_depth.png", "loss_curves.png"], figures) + ".")
     parts = []
     for block, b in ok.groupby("block", sort=False):
@@ -195,10 +195,19 @@ def trainability(df: pd.DataFrame, cells: pd.DataFrame, figures: set[str]) -> st
             worst = b[b.depth == none_d[-1]]
             loss = aggregate.column_aggregate(worst, "final_loss").value
             phrase.append(f"no run at L={', '.join(map(str, none_d))} (final loss {_f(loss)} at L={none_d[-1]}, "
-                          f"chance {_f(outcome.chance_losses(worst).iloc[0])})")
+                          f"context-free {_f(outcome.baseline_losses(worst).iloc[0])})")
         parts.append(f"`{block}` trained in " + "; ".join(phrase))
     return ("; ".join(parts) + f" ({outcome.describe()}: final loss ≤ {_f(float(np.nanmin(threshold)))} nats)"
             + _figure(["loss_vs_depth.png", "stability_map.png"], figures) + ".")
+
+
+def _baseline_phrase(df: pd.DataFrame) -> str:
+    """The context-free loss, named for what it is: a uniform guess, or (text) the character frequencies."""
+    baseline, chance = outcome.baseline_losses(df).iloc[0], outcome.chance_losses(df).iloc[0]
+    if np.isclose(baseline, chance):
+        return f"chance ({_f(chance)}, a uniform guess)"
+    return (f"the context-free loss ({_f(baseline)}: predicting the corpus's character frequencies, what a model "
+            f"that ignores its input reaches; a uniform guess is {_f(chance)})")
 
 
 def divergence(df: pd.DataFrame, figures: set[str]) -> str:
@@ -232,13 +241,16 @@ def stability_by_optimizer(df: pd.DataFrame, figures: set[str]) -> str | None:
     text = ""
     if keys:
         g = ok.groupby(keys, sort=False).agg(trained=("_t", "sum"), diverged=("_d", "sum"), runs=("_t", "size"))
-        g = g.assign(_frac=g.trained / g.runs).sort_values(["_frac", "diverged"], ascending=[False, True])
         name = lambda k: " with ".join(f"`{v}`" for v in (k if isinstance(k, tuple) else (k,)))  # noqa: E731
+        if outcome.learned_anything(df):
+            g = g.assign(_frac=g.trained / g.runs).sort_values(["_frac", "diverged"], ascending=[False, True])
+            count = lambda k: (f"{int(g.loc[k, 'trained'])}/{int(g.loc[k, 'runs'])} runs trained, "  # noqa: E731
+                               f"{int(g.loc[k, 'diverged'])} diverged")
+        else:  # no run can count as trained (trainability says why): stability is not diverging
+            g = g.assign(_frac=g.diverged / g.runs).sort_values("_frac", kind="stable")
+            count = lambda k: f"{int(g.loc[k, 'diverged'])}/{int(g.loc[k, 'runs'])} runs diverged"  # noqa: E731
         best, worst = g.index[0], g.index[-1]
-        text = (f"Most stable {' × '.join(keys)}: {name(best)} ({int(g.loc[best, 'trained'])}/{int(g.loc[best, 'runs'])} "
-                f"runs trained, {int(g.loc[best, 'diverged'])} diverged); least: {name(worst)} "
-                f"({int(g.loc[worst, 'trained'])}/{int(g.loc[worst, 'runs'])} trained, "
-                f"{int(g.loc[worst, 'diverged'])} diverged).")
+        text = f"Most stable {' × '.join(keys)}: {name(best)} ({count(best)}); least: {name(worst)} ({count(worst)})."
     sens = results.lr_sensitivity(df)
     if len(sens):
         by = [k for k in ("optimizer", "clip") if k in keys] or ["block"]

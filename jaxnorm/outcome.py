@@ -1,17 +1,21 @@
 """What counts as "trained": the one definition the stability map, the report and the console share.
 
 A run **trained** if it did not diverge and its final train loss closed at least `GAP_FRACTION` of the
-gap between the task's chance loss and the best loss any cell of the same task reached in this sweep
+gap between the task's context-free loss and the best loss any cell of the same task reached in this sweep
 (cell loss = mean over its seeds that did not diverge, `jaxnorm.aggregate`):
 
-    final_loss <= chance − GAP_FRACTION × (chance − best)
+    final_loss <= baseline − GAP_FRACTION × (baseline − best)
 
-where `chance` is the loss of guessing uniformly among the symbols a target can be (ln of the alphabet
-for reverse/sort/copy, ln of the corpus vocabulary for lm and mlm). If even the best cell closed less than
-`MIN_BEST_GAIN` of the chance loss, nothing in the sweep learned the task and no run counts as trained
+where `baseline` is the context-free loss: the lowest a model that ignores its input can reach, the
+entropy of the targets' distribution (`Dataset.context_free_loss`, recorded per run). On reverse/sort/copy
+the targets are uniform, so it is the chance loss, ln of the alphabet; on lm and mlm it is the entropy of
+the corpus's character frequencies, well below a uniform guess over its vocabulary (3.1 against 4.6 nats
+on the built-in corpus), and a few steps of training reach it without using any context. Results written
+before it was recorded fall back to the uniform guess. If even the best cell closed less than
+`MIN_BEST_GAIN` of the baseline, nothing in the sweep learned the task and no run counts as trained
 (otherwise "half of almost nothing" would pass). Relative to the best cell rather than to an absolute
-number, the rule fits any task, width and step budget: a slow run that moved off chance but stayed far
-from what the same task allows does not count, nor does one stuck at chance.
+number, the rule fits any task, width and step budget: a slow run that moved off the baseline but stayed
+far from what the same task allows does not count, nor does one stuck at it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ def chance_losses(df: pd.DataFrame) -> pd.Series:
                      index=df.index, dtype=float)
 
 
+def baseline_losses(df: pd.DataFrame) -> pd.Series:
+    """Per row: the context-free loss the run recorded (`context_free_loss`), else (results written before it
+    was recorded) the uniform guess, `chance_losses`."""
+    chance = chance_losses(df)
+    if "context_free_loss" not in df:
+        return chance
+    recorded = pd.to_numeric(df["context_free_loss"], errors="coerce").astype(float)
+    return recorded.where(np.isfinite(recorded) & (recorded > 0), chance)
+
+
 def best_cell_loss(df: pd.DataFrame) -> pd.Series:
     """Per row: the lowest cell-mean final loss (seeds that did not diverge) among the cells of its task."""
     ok = df[~df["diverged"].astype(bool)]
@@ -59,10 +73,16 @@ def best_cell_loss(df: pd.DataFrame) -> pd.Series:
 
 def trained_threshold(df: pd.DataFrame) -> pd.Series:
     """Per row: the final loss a run must reach to count as trained (NaN: nothing of its task learned)."""
-    chance, best = chance_losses(df), best_cell_loss(df)
-    threshold = chance - GAP_FRACTION * (chance - best)
-    learned = best <= (1 - MIN_BEST_GAIN) * chance
+    baseline, best = baseline_losses(df), best_cell_loss(df)
+    threshold = baseline - GAP_FRACTION * (baseline - best)
+    learned = best <= (1 - MIN_BEST_GAIN) * baseline
     return threshold.where(learned)
+
+
+def learned_anything(df: pd.DataFrame) -> bool:
+    """Whether some cell of some task in `df` closed at least MIN_BEST_GAIN of its baseline (else no run can
+    count as trained, and "trained" says nothing)."""
+    return bool(len(df)) and bool(np.isfinite(trained_threshold(df)).any())
 
 
 def trained(df: pd.DataFrame) -> pd.Series:
@@ -80,5 +100,5 @@ def has_training(df: pd.DataFrame) -> bool:
 
 def describe() -> str:
     """The rule in one sentence, for captions and the report."""
-    return (f"trained = not diverged and final loss closed ≥ {GAP_FRACTION:.0%} of the gap from chance "
-            f"to the best cell of the task")
+    return (f"trained = not diverged and final loss closed ≥ {GAP_FRACTION:.0%} of the gap from the "
+            f"context-free loss (what ignoring the input reaches) to the best cell of the task")

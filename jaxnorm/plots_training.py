@@ -22,13 +22,18 @@ from jaxnorm.plots import (PANEL_H, cells_of, colors, fix_others, grid, label_of
 
 LINESTYLES = ("-", "--", ":", "-.")
 CHANCE_STYLE = dict(color="grey", linestyle=":", linewidth=1.2)
+FREQUENCY_STYLE = dict(color="grey", linestyle="-.", linewidth=1.0)
 
 
 def chance_line(ax, df: pd.DataFrame) -> None:
-    """A horizontal line at the task's chance loss (`jaxnorm.outcome.chance_loss`), labelled once."""
+    """A horizontal line at the task's chance loss (`jaxnorm.outcome.chance_loss`), labelled once, and on a
+    text task another at its context-free loss (the character frequencies' entropy, `outcome.baseline_losses`)."""
     chance = outcome.chance_losses(df).dropna().unique() if len(df) else []
     for i, c in enumerate(sorted(chance)):
         ax.axhline(c, label="chance (uniform guess)" if i == 0 else None, **CHANCE_STYLE)
+    baseline = outcome.baseline_losses(df).dropna().unique() if len(df) else []
+    for i, b in enumerate(sorted(b for b in baseline if not np.isclose(chance, b).any())):
+        ax.axhline(b, label="character frequencies (no context)" if i == 0 else None, **FREQUENCY_STYLE)
 
 
 def capped_loss(df: pd.DataFrame, loss: str = "final_loss") -> pd.Series:
@@ -133,10 +138,12 @@ def loss_vs_depth(df: pd.DataFrame) -> Figure | None:
 def stability_map(df: pd.DataFrame) -> Figure | None:
     """Heatmap over depth × block of the fraction of runs that trained, one panel per optimizer (× clip when
     clipping varies: the "panel" axes of jaxnorm.axes), pooled over seeds and the other axes (lrs, norms,
-    attentions); each square is annotated trained/total."""
+    attentions); each square is annotated trained/total. Where no cell learned the task (`outcome.learned_anything`:
+    then no run counts as trained), it maps the fraction of runs that did not diverge instead, and says so."""
     if not has_training(df):
         return None
-    df = df.assign(_trained=trained(df))
+    learned = outcome.learned_anything(df)
+    df = df.assign(_trained=trained(df) if learned else ~df["diverged"].astype(bool))
     panel_cols = tuple(with_figure("panel"))
     panels = _panels(df, panel_cols)
     blocks, depths = values(df, "block"), values(df, "depth")
@@ -157,9 +164,12 @@ def stability_map(df: pd.DataFrame) -> Figure | None:
         ax.set_yticks(range(len(blocks)), blocks)
         ax.set_xlabel("depth L")
         ax.set_title(_panel_title(df, panel_cols, pkey), fontsize="small")
-    fig.colorbar(image, ax=axes[0, -1], label="fraction of runs that trained")
-    suptitle(fig, "Stability map: runs that trained / runs",
-             f"{outcome.describe()}; pooled over {', '.join(['seeds', *pooled_nouns()])}")
+    what = "trained" if learned else "did not diverge"
+    fig.colorbar(image, ax=axes[0, -1], label=f"fraction of runs that {what}")
+    rule = outcome.describe() if learned else ("no cell learned beyond the context-free loss (what ignoring the "
+                                               "input reaches), so none counts as trained")
+    suptitle(fig, f"Stability map: runs that {what} / runs",
+             f"{rule}; pooled over {', '.join(['seeds', *pooled_nouns()])}")
     return fig
 
 

@@ -405,7 +405,8 @@ class PackLoop:
             nonfinite=nonfinite_records(host["nonfinite_step"], host["nonfinite_what"], host["nonfinite_layer"]),
             config={"model": to_dict(model_cfg), "optim": to_dict(optim_cfg), "train": to_dict(train_cfg),
                     "probe": to_dict(probe_cfg),
-                    "data": {"fingerprint": getattr(self.data, "corpus_fingerprint", None)}},
+                    "data": {"fingerprint": self.data.corpus_fingerprint,
+                             "context_free_loss": self.data.context_free_loss}},
             timing=dict(self.timing),
             init_params=init_params, **state,
         )

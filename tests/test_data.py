@@ -241,3 +241,38 @@ def test_mlm_odd_seq_len_allowed_and_text_file_errors(tmp_path):
     assert mlm(text_bytes=200_000, seq_len=7).seq_len == 7
     with pytest.raises(DataError, match=r"^TrainConfig\.text_file: .* is too short"):
         mlm(tmp_path, b"short text")
+
+
+# --- the context-free loss: what a model that ignores its input reaches ------------------------------------
+
+def test_frequency_entropy_by_hand():
+    from jaxnorm.data import frequency_entropy
+    ids = np.array([0, 0, 1, 3])  # frequencies ½, ¼, ¼ (id 2 never occurs)
+    assert frequency_entropy(ids) == pytest.approx(-(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)))
+
+
+@pytest.mark.parametrize("task", ["reverse", "sort", "copy"])
+def test_synthetic_context_free_loss_is_chance(task):
+    assert synthetic(task, num_symbols=16).context_free_loss == pytest.approx(np.log(16))
+
+
+@pytest.mark.parametrize("task", ["lm", "mlm"])
+def test_text_context_free_loss_is_what_the_frequencies_score(task, tmp_path):
+    # Independently of jaxnorm: the train split's byte counts, then the mean cross-entropy of predicting every
+    # scored target of many drawn batches from those frequencies alone (no input used) — the loss a model that
+    # ignores its input converges to. It matches the recorded entropy to sampling error.
+    text = ("Deep Transformers lose gradient towards the input layers; " * 40 + "zzzz qqq " * 30).encode()
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(text)
+    ds = make_dataset(TrainConfig(task=task, seq_len=16, text_file=str(path)))
+    train = text[: len(text) * 9 // 10]
+    counts = {b: train.count(bytes([b])) for b in set(train)}
+    probs = {b: c / len(train) for b, c in counts.items()}
+    assert ds.context_free_loss == pytest.approx(-sum(p * np.log(p) for p in probs.values()), rel=1e-9)
+    vocab = np.array(sorted(set(text)), np.uint8)
+    logp = np.array([np.log(probs.get(int(b), 1e-30)) for b in vocab])
+    b = jax.jit(ds.batch, static_argnums=(1, 2))(jax.random.key(3), 4096, "train")
+    y, w = np.asarray(b["targets"]), np.asarray(b["weights"])
+    scored = -(logp[y] * w).sum() / w.sum()
+    assert scored == pytest.approx(ds.context_free_loss, rel=0.02)
+    assert ds.context_free_loss < np.log(len(vocab)) - 0.3   # well below a uniform guess

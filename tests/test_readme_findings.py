@@ -65,6 +65,7 @@ def expected(runs, cells) -> list[list[str]]:
     rezero = runs[runs.block == "rezero"]
     reproduce = pd.read_csv(REPRODUCE / "reproduce.csv")
     agree = reproduce.verdict.eq("agree")
+    best_train, context_free = cells.final_loss.min(), outcome.baseline_losses(runs).iloc[0]
     return [
         [decades(cells, "post_ln", 48, 3e-3, when="init"), decades(cells, "post_ln", 16, 3e-3),
          decades(cells, "post_ln", 48, 3e-3), decades(cells, "post_ln", 48, 1e-2),
@@ -89,6 +90,7 @@ def expected(runs, cells) -> list[list[str]]:
          decades(cells, "post_ln", 48, 3e-3, clip="global_norm:1.0"), decades(cells, "post_ln", 48, 3e-3)],
         [f"{live.final_eval_loss.min():.2f}", f"{live.final_eval_loss.max():.2f}",
          f"{outcome.chance_losses(runs).iloc[0]:.2f}", str(len(cells)), str(len(runs)),
+         f"{best_train:.2f}", f"{1 - best_train / context_free:.0%}", f"{context_free:.2f}",
          (diverged(runs[runs.block == "post_ln"], optimizer="adamw"))],
         [f"{int(agree.sum())} of {len(reproduce)}", *reproduce.loc[~agree, "effect"]],
     ]
@@ -101,6 +103,14 @@ def test_readme_findings_quote_the_committed_results(runs, cells):
     for i, (text, numbers) in enumerate(zip(stated, want), start=1):
         for number in numbers:
             assert re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text), f"finding {i} lacks {number}"
+
+
+def test_no_run_of_the_compare_preset_counts_as_trained(runs):
+    """Finding 6: the committed runs recorded their context-free loss, and no cell gets 10% below it."""
+    assert runs.context_free_loss.notna().all() and runs.context_free_loss.nunique() == 1
+    assert not outcome.learned_anything(runs) and not outcome.trained(runs).any()
+    report = (COMPARE / "report.md").read_text()
+    assert "1. No cell learned the task" in report and "runs trained" not in report
 
 
 def test_every_finding_points_to_a_committed_figure_or_table():

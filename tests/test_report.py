@@ -9,6 +9,7 @@ import os
 import stat
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,6 +99,88 @@ def test_trained_relative_to_chance_and_the_best_cell():
     # nothing learned: no run counts as trained
     stuck = _quick_like({("pre_ln", 2): (2.75, 2.76), ("post_ln", 2): (2.77, 2.77)})
     assert not outcome.trained(stuck).any()
+
+
+def _text_like(final_losses: dict, context_free: float | None = 3.12) -> pd.DataFrame:
+    """A results frame shaped like the compare preset's (mlm on a 96-character corpus, 2 seeds): per
+    (block, optimizer) its seeds' final losses, a NaN loss marking a diverged seed."""
+    rows = []
+    for (block, optimizer), losses in final_losses.items():
+        for seed, loss in enumerate(losses):
+            rows.append({"cell_id": f"L2-{block}-{optimizer}", "block": block, "depth": 2, "optimizer": optimizer,
+                         "clip": "none", "lr": 1e-2, "seed": seed, "task": "mlm", "num_symbols": 16,
+                         "vocab_size": 97, "steps": 200, "initial_loss": 4.6, "final_loss": loss,
+                         "diverged": bool(np.isnan(loss))})
+    df = pd.DataFrame(rows)
+    return df if context_free is None else df.assign(context_free_loss=context_free)
+
+
+def test_trained_on_text_is_measured_from_the_character_frequencies():
+    # The compare preset's situation: every run ends near the corpus's character-frequency entropy (3.12), far
+    # below a uniform guess over its 96 characters (4.56); the best cell is 4% below the frequencies.
+    losses = {("pre_ln", "adamw"): (3.00, 3.02), ("post_ln", "adamw"): (3.05, 3.06),
+              ("pre_ln", "rmsprop"): (3.04, np.nan), ("post_ln", "rmsprop"): (np.nan, np.nan)}
+    df = _text_like(losses)
+    assert outcome.baseline_losses(df).iloc[0] == pytest.approx(3.12)
+    assert outcome.chance_losses(df).iloc[0] == pytest.approx(math.log(96))
+    assert not outcome.learned_anything(df) and not outcome.trained(df).any()
+    cells = aggregate.cell_table(df)
+    text = findings.trainability(df, cells, set())
+    assert text.startswith("No cell learned the task: the best mean final loss, 3.01, is within 10% of the "
+                           "context-free loss (3.12: predicting the corpus's character frequencies"), text
+    assert "a uniform guess is 4.56" in text
+    # Stability is then not diverging: adamw 0 of 4 runs, rmsprop 3 of 4.
+    stable = findings.stability_by_optimizer(df, set())
+    assert stable.startswith("Most stable optimizer: `adamw` (0/4 runs diverged); least: `rmsprop` (3/4 runs "
+                             "diverged)."), stable
+    # A run that closed half the gap from the frequencies to a best cell well below them trains; one at the
+    # frequencies does not.
+    learnt = _text_like({("pre_ln", "adamw"): (1.50, 1.52), ("post_ln", "adamw"): (3.10, 3.11)})
+    assert outcome.trained_threshold(learnt).iloc[0] == pytest.approx(3.12 - 0.5 * (3.12 - 1.51))
+    assert outcome.trained(learnt).tolist() == [True, True, False, False]
+    assert "trained" in findings.stability_by_optimizer(
+        _text_like({**losses, ("pre_ln", "adamw"): (1.50, 1.52)}), set())
+
+
+def test_stability_map_shows_divergence_when_nothing_learned():
+    # Nothing learned beyond the frequencies: the map counts runs that did not diverge, and says so.
+    df = _text_like({("pre_ln", "adamw"): (3.00, 3.02), ("post_ln", "adamw"): (3.05, 3.06),
+                     ("pre_ln", "rmsprop"): (3.04, np.nan), ("post_ln", "rmsprop"): (np.nan, np.nan)})
+    fig = plots_training.stability_map(df)
+    fig.canvas.draw()
+    texts = {ax.get_title(): sorted(t.get_text() for t in ax.texts) for ax in fig.axes if ax.texts}
+    assert texts == {"optimizer=adamw": ["2/2", "2/2"], "optimizer=rmsprop": ["0/2", "1/2"]}, texts
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert "fraction of runs that did not diverge" in labels
+    assert "Stability map: runs that did not diverge / runs" in fig._suptitle.get_text()
+    # Once a cell learned, it counts trained runs again.
+    learnt = plots_training.stability_map(_text_like({("pre_ln", "adamw"): (1.5, 1.5), ("post_ln", "adamw"): (3.1, 3.1)}))
+    assert "fraction of runs that trained" in [ax.get_ylabel() for ax in learnt.axes]
+    plt.close(fig), plt.close(learnt)
+
+
+def test_loss_vs_depth_marks_the_character_frequencies_on_text():
+    df = _text_like({("pre_ln", "adamw"): (3.00, 3.02), ("post_ln", "adamw"): (3.05, 3.06)})
+    df = pd.concat([df, df.assign(depth=8, cell_id=df.cell_id.str.replace("L2", "L8"))], ignore_index=True)
+
+    def levels(fig):  # the horizontal reference lines: y -> line style
+        found = {round(float(line.get_ydata()[0]), 2): line.get_linestyle() for ax in fig.axes
+                 for line in ax.get_lines() if line.get_linestyle() in (":", "-.")}
+        plt.close(fig)
+        return found
+    assert levels(plots_training.loss_vs_depth(df)) == {4.56: ":", 3.12: "-."}
+    synthetic = _quick_like({("pre_ln", 2): (0.1, 0.1), ("pre_ln", 8): (2.7, 2.7)}).assign(
+        context_free_loss=math.log(16), lr=1e-2, optimizer="adamw", clip="none")
+    assert levels(plots_training.loss_vs_depth(synthetic)) == {2.77: ":"}
+
+
+def test_results_without_the_context_free_loss_fall_back_to_chance():
+    df = _text_like({("pre_ln", "adamw"): (3.00, 3.02), ("post_ln", "adamw"): (3.05, 3.06)}, context_free=None)
+    assert outcome.baseline_losses(df).iloc[0] == pytest.approx(math.log(96))
+    assert outcome.trained_threshold(df).iloc[0] == pytest.approx(math.log(96) - 0.5 * (math.log(96) - 3.01))
+    assert outcome.trained(df).all()
+    missing = _text_like({("pre_ln", "adamw"): (3.00, 3.02)}, context_free=float("nan"))
+    assert outcome.baseline_losses(missing).iloc[0] == pytest.approx(math.log(96))
 
 
 def test_chance_loss_per_task():
