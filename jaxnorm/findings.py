@@ -3,8 +3,8 @@ computed from the results (nothing here is canned), naming cells and numbers and
 
 Every number is aggregated over seeds by `jaxnorm.aggregate`; "trained" is `jaxnorm.outcome.trained`.
 Where several cells share a block and depth (other optimizers, clippings, learning rates), a placement's
-finding uses the one with the lowest mean final loss (at initialisation: the first in the sweep), and
-names it.
+finding uses the one with the lowest mean final loss (at initialisation, or when no cell learned the task:
+the one the figures show), and names it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pandas as pd
 
 from jaxnorm import aggregate, outcome, results
 from jaxnorm.axes import AXES
+from jaxnorm.plots import fix_others
 
 MAX_FINDINGS = 6
 ONE_DECADE = 1.0  # |gradient growth| from which a profile counts as vanishing/exploding towards the input
@@ -55,14 +56,17 @@ def _figure(names: Iterable[str], figures: set[str]) -> str:
     return (" — " + ", ".join(f"[{n[:-4]}](figures/{n})" for n in shown)) if shown else ""
 
 
-def representative(cells: pd.DataFrame, training: bool) -> pd.DataFrame:
-    """One cell per (block, depth): the lowest mean final loss after training, else the first cell."""
+def representative(cells: pd.DataFrame, by_loss: bool) -> pd.DataFrame:
+    """One cell per (block, depth): with `by_loss` (after training that learned the task) the lowest mean final
+    loss; else (at initialisation, or when no cell learned the task, so that the lowest loss would be picked by
+    noise) the cell the figures show (`plots.fix_others`: the first value of every other axis)."""
     cells = cells.reset_index()
-    if training:
+    if by_loss:
         order = cells.assign(_key=cells["final_loss"].fillna(np.inf)).sort_values("_key", kind="stable")
         picked = order.drop_duplicates(["block", "depth"])
         return cells[cells.cell_id.isin(picked.cell_id)].set_index("cell_id")
-    return cells.drop_duplicates(["block", "depth"]).set_index("cell_id")
+    shown, _ = fix_others(cells, ("block", "depth"))
+    return cells[cells.cell_id.isin(shown.cell_id)].drop_duplicates(["block", "depth"]).set_index("cell_id")
 
 
 def _other_axes(cells: pd.DataFrame) -> list[str]:
@@ -78,10 +82,11 @@ def _setting(row: pd.Series, axes: list[str]) -> str:
 
 
 def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures: set[str],
-                     stream: bool = False, df: pd.DataFrame | None = None) -> str | None:
+                     stream: bool = False, df: pd.DataFrame | None = None, learned: bool = True) -> str | None:
     """Which placement loses gradient towards the input, from which depth, by how many decades (of the
     parameter gradient, or with `stream` of the residual-stream gradient ∂loss/∂x_l). `df`: the per-seed
-    results, to name the runs whose gradient vanished past float32's range (left out of the means)."""
+    results, to name the runs whose gradient vanished past float32's range (left out of the means). `learned`:
+    whether `rep` holds the lowest-loss cells (`representative`), else the figures' cells."""
     prefix = "act_grad_decades" if stream else "grad_decades"
     col = f"{prefix}_{when}"
     zeros = f"{'act_grad' if stream else 'grad'}_zero_layers_{when}"
@@ -97,7 +102,11 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     stage = "after training" if when == "final" else "at initialisation"
     axes = _other_axes(cells)
     others = ", ".join(f"`{r.block}`{_setting(r, axes)} {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
-    which = " (each placement's cell with the lowest final loss)" if axes and when == "final" else ""
+    which = ""
+    if axes and when == "final":
+        which = (" (each placement's cell with the lowest final loss)" if learned else
+                 " (each placement's cell the figures show: no cell learned the task, so the lowest final loss "
+                 "would pick one by noise)")
     cell = f"`{worst.block}`{_setting(worst, axes)} at L={deepest}"
     # "the steepest" only where there are profiles to compare (one placement: its profile, said plainly)
     lead = f"{cell} has the steepest gradient profile: " if len(at) > 1 else f"in {cell} "
@@ -313,10 +322,11 @@ def findings(df: pd.DataFrame, figures: set[str] = frozenset()) -> list[str]:
         return []
     training = outcome.has_training(df)
     cells = aggregate.cell_table(df).set_index("cell_id")
-    rep = representative(cells, training)
+    learned = training and outcome.learned_anything(df)
+    rep = representative(cells, learned)
     out = []
     if training:
-        out += [trainability(df, cells, figures), gradient_profile(rep, cells, "final", figures, df=df),
+        out += [trainability(df, cells, figures), gradient_profile(rep, cells, "final", figures, df=df, learned=learned),
                 divergence(df, figures), stability_by_optimizer(df, figures), xiong_comparison(rep, figures)]
     else:
         out += [gradient_profile(rep, cells, "init", figures, df=df), xiong_comparison(rep, figures),

@@ -174,6 +174,27 @@ def test_loss_vs_depth_marks_the_character_frequencies_on_text():
     assert levels(plots_training.loss_vs_depth(synthetic)) == {2.77: ":"}
 
 
+def test_without_learning_the_profile_finding_quotes_the_cells_the_figures_show():
+    # Two placements at L=48; per placement, the figures' cell (the first optimizer: adamw) and another with a
+    # lower final loss (rmsprop). Nothing learned beyond the frequencies: the lower loss is noise, so the finding
+    # quotes the figures' cells; once the task is learned, the lowest-loss cells.
+    def frame(context_free):
+        df = _text_like({("post_ln", "adamw"): (3.06, 3.06), ("post_ln", "rmsprop"): (3.00, 3.00),
+                         ("pre_ln", "adamw"): (3.07, 3.07), ("pre_ln", "rmsprop"): (3.01, 3.01)}, context_free)
+        decades = {("post_ln", "adamw"): 7.0, ("post_ln", "rmsprop"): 9.0, ("pre_ln", "adamw"): -0.5,
+                   ("pre_ln", "rmsprop"): 0.25}
+        return df.assign(depth=48, grad_decades_final=[decades[b, o] for b, o in zip(df.block, df.optimizer)],
+                         cell_id=df.cell_id.str.replace("L2", "L48"))
+    shown, _ = plots.fix_others(frame(3.12), ("block", "depth"))
+    assert set(shown.optimizer) == {"adamw"}
+    unlearnt = findings.findings(frame(3.12))[1]
+    assert "`post_ln` (adamw) at L=48 has the steepest gradient profile: ‖∂loss/∂θ_l‖ grows 7.00 decades" in unlearnt
+    assert "each placement's cell the figures show" in unlearnt and "`pre_ln` (adamw) -0.50" in unlearnt
+    learnt = findings.findings(frame(None))[1]   # against a uniform guess (4.56) every cell learned
+    assert "`post_ln` (rmsprop) at L=48 has the steepest gradient profile: ‖∂loss/∂θ_l‖ grows 9.00 decades" in learnt
+    assert "each placement's cell with the lowest final loss" in learnt and "`pre_ln` (rmsprop) 0.25" in learnt
+
+
 def test_results_without_the_context_free_loss_fall_back_to_chance():
     df = _text_like({("pre_ln", "adamw"): (3.00, 3.02), ("post_ln", "adamw"): (3.05, 3.06)}, context_free=None)
     assert outcome.baseline_losses(df).iloc[0] == pytest.approx(math.log(96))
