@@ -300,7 +300,9 @@ def _compare() -> SweepSpec:
     built-in corpus): 240 cells. Short runs (200 steps) at the quick preset's width, so that the whole grid
     runs in about half an hour cold on two cores (measured: benchmarks/presets.md); its committed results are
     results/compare-cpu/. Shows which placements keep their gradients across depth under each optimizer,
-    where each optimizer's learning-rate window closes as depth grows, and what clipping changes.
+    where each optimizer's learning-rate window closes as depth grows, and what clipping changes. Not final
+    quality: in 200 steps the runs learn the corpus's character frequencies and little more, so none counts as
+    trained (`jaxnorm.outcome`) and its stability map counts the runs that did not diverge.
     """
     return SweepSpec(
         depths=(2, 6, 16, 48), blocks=("post_ln", "pre_ln", "deepnorm", "admin", "rezero"), norms=("layernorm",),
