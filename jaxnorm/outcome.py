@@ -52,13 +52,16 @@ def chance_losses(df: pd.DataFrame) -> pd.Series:
 
 
 def baseline_losses(df: pd.DataFrame) -> pd.Series:
-    """Per row: the context-free loss the run recorded (`context_free_loss`), else (results written before it
-    was recorded) the uniform guess, `chance_losses`."""
+    """Per row: the context-free loss its task's runs recorded (`context_free_loss`; one value per task, so a
+    sweep resumed across versions reads the same for all its cells), else (results written before it was
+    recorded) the uniform guess, `chance_losses`."""
     chance = chance_losses(df)
     if "context_free_loss" not in df:
         return chance
     recorded = pd.to_numeric(df["context_free_loss"], errors="coerce").astype(float)
-    return recorded.where(np.isfinite(recorded) & (recorded > 0), chance)
+    recorded = recorded.where(np.isfinite(recorded) & (recorded > 0))
+    tasks = df["task"] if "task" in df else pd.Series("?", index=df.index)
+    return recorded.groupby(tasks).transform("first").fillna(chance)
 
 
 def best_cell_loss(df: pd.DataFrame) -> pd.Series:

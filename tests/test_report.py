@@ -202,6 +202,10 @@ def test_results_without_the_context_free_loss_fall_back_to_chance():
     assert outcome.trained(df).all()
     missing = _text_like({("pre_ln", "adamw"): (3.00, 3.02)}, context_free=float("nan"))
     assert outcome.baseline_losses(missing).iloc[0] == pytest.approx(math.log(96))
+    # A sweep resumed across versions: cells written before the column read their task's recorded value.
+    mixed = pd.concat([_text_like({("pre_ln", "adamw"): (3.0, 3.0)}, context_free=None),
+                       _text_like({("post_ln", "adamw"): (3.0, 3.0)})], ignore_index=True)
+    assert outcome.baseline_losses(mixed).tolist() == pytest.approx([3.12] * 4)
 
 
 def test_chance_loss_per_task():
