@@ -222,7 +222,7 @@ def _baseline_phrase(df: pd.DataFrame) -> str:
 def divergence(df: pd.DataFrame, figures: set[str]) -> str:
     div = df[df["diverged"].astype(bool)]
     if div.empty:
-        return f"No run diverged ({len(df)} runs)."
+        return f"No run diverged ({len(df)} run{'s' if len(df) != 1 else ''})."
     shown = []
     for _, r in div.sort_values("diverged_step").head(3).iterrows():
         what = r.get("nonfinite_what")

@@ -195,6 +195,12 @@ def test_without_learning_the_profile_finding_quotes_the_cells_the_figures_show(
     assert "each placement's cell with the lowest final loss" in learnt and "`pre_ln` (rmsprop) 0.25" in learnt
 
 
+def test_divergence_finding_counts_runs_in_words():
+    one = _text_like({("pre_ln", "adamw"): (3.0,)})
+    assert findings.divergence(one, set()) == "No run diverged (1 run)."
+    assert findings.divergence(_text_like({("pre_ln", "adamw"): (3.0, 3.1)}), set()) == "No run diverged (2 runs)."
+
+
 def test_results_without_the_context_free_loss_fall_back_to_chance():
     df = _text_like({("pre_ln", "adamw"): (3.00, 3.02), ("post_ln", "adamw"): (3.05, 3.06)}, context_free=None)
     assert outcome.baseline_losses(df).iloc[0] == pytest.approx(math.log(96))
