@@ -3,8 +3,9 @@ computed from the results (nothing here is canned), naming cells and numbers and
 
 Every number is aggregated over seeds by `jaxnorm.aggregate`; "trained" is `jaxnorm.outcome.trained`.
 Where several cells share a block and depth (other optimizers, clippings, learning rates), a placement's
-finding uses the one with the lowest mean final loss (at initialisation, or when no cell learned the task:
-the one the figures show), and names it.
+finding uses the one its figure shows: the placement at the setting of its lowest mean final loss at its
+deepest depth (at initialisation, or when no cell learned the task: the first value of each other axis), and
+names it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 
 from jaxnorm import aggregate, outcome, results
 from jaxnorm.axes import AXES
-from jaxnorm.plots import fix_others
+from jaxnorm.plots import best_setting_cells, fix_others
 
 MAX_FINDINGS = 6
 ONE_DECADE = 1.0  # |gradient growth| from which a profile counts as vanishing/exploding towards the input
@@ -57,14 +58,14 @@ def _figure(names: Iterable[str], figures: set[str]) -> str:
 
 
 def representative(cells: pd.DataFrame, by_loss: bool) -> pd.DataFrame:
-    """One cell per (block, depth): with `by_loss` (after training that learned the task) the lowest mean final
-    loss; else (at initialisation, or when no cell learned the task, so that the lowest loss would be picked by
-    noise) the cell the figures show (`plots.fix_others`: the first value of every other axis)."""
+    """One cell per (block, depth), the cell the per-layer figures show (`plots.shown_cells`): with `by_loss`
+    (after training that learned the task) each block at the setting of its lowest mean final loss at its
+    deepest depth (`plots.best_setting_cells`); else (at initialisation, or when no cell learned the task, so
+    that the lowest loss would be picked by noise) the first value of every other axis (`plots.fix_others`)."""
     cells = cells.reset_index()
     if by_loss:
-        order = cells.assign(_key=cells["final_loss"].fillna(np.inf)).sort_values("_key", kind="stable")
-        picked = order.drop_duplicates(["block", "depth"])
-        return cells[cells.cell_id.isin(picked.cell_id)].set_index("cell_id")
+        best = best_setting_cells(cells, "block")
+        return cells[cells.cell_id.isin(best.cell_id)].drop_duplicates(["block", "depth"]).set_index("cell_id")
     shown, _ = fix_others(cells, ("block", "depth"))
     return cells[cells.cell_id.isin(shown.cell_id)].drop_duplicates(["block", "depth"]).set_index("cell_id")
 
@@ -104,7 +105,8 @@ def gradient_profile(rep: pd.DataFrame, cells: pd.DataFrame, when: str, figures:
     others = ", ".join(f"`{r.block}`{_setting(r, axes)} {_d(r[col])}" for _, r in at.iloc[1:].iterrows())
     which = ""
     if axes and when == "final":
-        which = (" (each placement's cell with the lowest final loss)" if learned else
+        which = (f" (each placement at the setting of its lowest final loss at L={deepest}, as the figures show)"
+                 if learned else
                  " (each placement's cell the figures show: no cell learned the task, so the lowest final loss "
                  "would pick one by noise)")
     cell = f"`{worst.block}`{_setting(worst, axes)} at L={deepest}"

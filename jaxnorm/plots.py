@@ -27,7 +27,7 @@ import pandas as pd
 
 from matplotlib.figure import Figure  # noqa: E402
 
-from jaxnorm import aggregate, integrity, results, rundir  # noqa: E402
+from jaxnorm import aggregate, integrity, outcome, results, rundir  # noqa: E402
 from jaxnorm.axes import AXES  # noqa: E402 (the grid axes; `axes` names matplotlib's subplots here)
 from jaxnorm.config import NORM_FREE_BLOCKS  # noqa: E402
 
@@ -116,6 +116,44 @@ def fix_others(df: pd.DataFrame, keep: Sequence[str]) -> tuple[pd.DataFrame, str
             df = df[df[col] == fixed[col]]
     return df, ", ".join((f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}") + notes.get(k, "")
                          for k, v in fixed.items())
+
+
+def best_setting_cells(table: pd.DataFrame, panel: str = "block") -> pd.DataFrame:
+    """The rows of `table` (`aggregate.cell_table`: one per cell, with the seeds' mean `final_loss`) at one
+    setting of the axes other than `panel` and depth per value of `panel`: the setting of its cell with the
+    lowest mean final loss at its deepest depth (a NaN loss, every seed diverged, counts last; ties: the
+    first in the sweep). So each placement is shown, and quoted, at its best setting, the same at every depth."""
+    others = [c for c in varying(table) if c not in (panel, "depth")]
+    kept = []
+    for _, sub in table.groupby(panel, sort=False):
+        deep = sub[sub["depth"] == sub["depth"].max()]
+        best = deep.assign(_key=deep["final_loss"].astype(float).fillna(np.inf)).sort_values("_key", kind="stable")
+        same = np.ones(len(sub), bool)
+        for c in others:
+            same &= (sub[c] == best[c].iloc[0]).to_numpy()
+        kept.append(sub[same])
+    return pd.concat(kept) if kept else table
+
+
+def shown_cells(df: pd.DataFrame, panel: str = "block") -> tuple[pd.DataFrame, str, dict]:
+    """The cells a per-layer figure draws (`cells_of` rows, one per `panel` value and depth), the caption
+    saying which, and per `panel` value the label of its setting for its panel titles ({} when the caption
+    names it).
+
+    After training that learned the task (`outcome.learned_anything`) with other axes varying, each panel
+    value is drawn at its best setting (`best_setting_cells`): the cells the report's findings quote. Else
+    (initialisation, a single setting, or nothing learned, when the lowest loss would be picked by noise)
+    `fix_others`: the first value of every other axis."""
+    cells = cells_of(df)
+    others = [c for c in varying(cells) if c not in (panel, "depth")]
+    if not (others and outcome.has_training(df) and outcome.learned_anything(df)):
+        shown, caption = fix_others(cells, keep=(panel, "depth"))
+        return shown, caption, {}
+    best = best_setting_cells(aggregate.cell_table(df, ["final_loss"]), panel)
+    shown = cells[cells["cell_id"].isin(best["cell_id"])]
+    labels = {p: ", ".join(AXES[c].legend(sub[c].iloc[0]) for c in others)
+              for p, sub in shown.groupby(panel, sort=False)}
+    return shown, f"each {panel} at the setting of its lowest final loss at its deepest depth", labels
 
 
 def label_of(row: Any, cols: Sequence[str]) -> str:

@@ -21,7 +21,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from jaxnorm.plots import cells_of, colors, fix_others, grid, mean_band, suptitle, values
+from jaxnorm.plots import cells_of, colors, grid, mean_band, shown_cells, suptitle, values
 
 MAX_COLUMNS = 4          # panels per row when an initialisation-only figure wraps
 MIN_PANEL_FACTOR = 4.0    # an unshared log panel spans at least this factor
@@ -61,6 +61,11 @@ def _row_title(panel_cells: pd.DataFrame, layers: Mapping, steps_key: str, index
     title = f"step {last} (end of training)"
     early = [f"{', '.join(depths)} stopped at step {step}" for step, depths in sorted(at.items()) if step != last]
     return title + ("\n(" + "; ".join(early) + ")" if early else "")
+
+
+def _panel_name(value: Any, setting: Mapping) -> str:
+    """"post_ln", or "post_ln (rmsprop, lr=0.01)" where each panel shows its own setting (`plots.shown_cells`)."""
+    return f"{value} ({setting[value]})" if setting.get(value) else f"{value}"
 
 
 def _kept_seeds(df: pd.DataFrame, cell_id: str, lay: Mapping, index: int) -> np.ndarray | None:
@@ -105,7 +110,7 @@ def layer_profile(df: pd.DataFrame, layers: Mapping, key: str, *, ylabel: str, t
     legend labels of the solid and dashed line styles."""
     if df.empty:
         return None
-    cells, caption = fix_others(cells_of(df), keep=(panel, "depth"))
+    cells, caption, setting = shown_cells(df, panel)
     cells = cells[[key in layers.get(c, {}) for c in cells.cell_id]]
     if cells.empty:
         return None
@@ -151,7 +156,7 @@ def layer_profile(df: pd.DataFrame, layers: Mapping, key: str, *, ylabel: str, t
                         if log else "no finite value", transform=ax.transAxes, ha="center", va="center",
                         fontsize="small", color="grey")
             ax.set_xlim(0, 1)
-            ax.set_title(f"{p} — {_row_title(here, layers, steps_key, index)}", fontsize="small")
+            ax.set_title(f"{_panel_name(p, setting)} — {_row_title(here, layers, steps_key, index)}", fontsize="small")
             ax.grid(alpha=0.3, which="both" if log else "major")
             if ax in axes[:, 0]:
                 ax.set_ylabel(ylabel)
@@ -265,7 +270,7 @@ def jacobian_spectrum(df: pd.DataFrame, layers: Mapping, panel: str = "block") -
     one panel per block, at the first and last Jacobian probe. Needs ProbeConfig(spectrum=True)."""
     if df.empty:
         return None
-    cells, caption = fix_others(cells_of(df), keep=(panel, "depth"))
+    cells, caption, setting = shown_cells(df, panel)
     cells = cells[["jac_singular_values" in layers.get(c, {}) for c in cells.cell_id]]
     if cells.empty:
         return None
@@ -291,7 +296,8 @@ def jacobian_spectrum(df: pd.DataFrame, layers: Mapping, panel: str = "block") -
                 ax.hist(s, bins=bins, histtype="stepfilled", alpha=0.45, color=color[cell.depth],
                         edgecolor=color[cell.depth], label=f"L={cell.depth}")
             ax.set_xscale("log")
-            ax.set_title(f"{p} — {_row_title(here, layers, 'jacobian_steps', index)}", fontsize="small")
+            ax.set_title(f"{_panel_name(p, setting)} — {_row_title(here, layers, 'jacobian_steps', index)}",
+                         fontsize="small")
             ax.grid(alpha=0.3)
             if c == 0:
                 ax.set_ylabel("count (all seeds)")

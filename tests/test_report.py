@@ -192,7 +192,8 @@ def test_without_learning_the_profile_finding_quotes_the_cells_the_figures_show(
     assert "each placement's cell the figures show" in unlearnt and "`pre_ln` (adamw) -0.50" in unlearnt
     learnt = findings.findings(frame(None))[1]   # against a uniform guess (4.56) every cell learned
     assert "`post_ln` (rmsprop) at L=48 has the steepest gradient profile: ‖∂loss/∂θ_l‖ grows 9.00 decades" in learnt
-    assert "each placement's cell with the lowest final loss" in learnt and "`pre_ln` (rmsprop) 0.25" in learnt
+    assert "each placement at the setting of its lowest final loss at L=48" in learnt
+    assert "`pre_ln` (rmsprop) 0.25" in learnt
 
 
 def test_divergence_finding_counts_runs_in_words():
@@ -277,7 +278,7 @@ def test_findings_name_cells_numbers_and_figures(run_dir):  # noqa: F811
     cells = aggregate.cell_table(df)
     best = cells[(cells.block == "post_ln") & (cells.depth == 8)].sort_values("final_loss").iloc[0]
     assert f"`post_ln` (lr={best.lr:g}) at L=8" in steep and "figures/grad_profile.png" in steep
-    assert "each placement's cell with the lowest final loss" in steep
+    assert "each placement at the setting of its lowest final loss at L=8, as the figures show" in steep
     assert "2 of 16 runs diverged" in joined and "at step 12" in joined
 
 
@@ -314,8 +315,9 @@ def test_a_single_placement_is_not_called_the_profile_finding(run_dir):  # noqa:
     df = results.load(run_dir)
     pre = df[df.block == "pre_ln"]
     profile = _profile_finding(pre)
-    assert "steepest" not in profile and profile.startswith("After training (each placement's cell with the "
-                                                            "lowest final loss), in `pre_ln` (lr=")
+    assert "steepest" not in profile and profile.startswith("After training (each placement at the setting of its "
+                                                            "lowest final loss at L=8, as the figures show), in "
+                                                            "`pre_ln` (lr=")
 
 
 def test_report_opens_with_findings_and_links_existing_figures(run_dir):  # noqa: F811
@@ -360,3 +362,31 @@ def test_trained_on_the_quick_presets_results():
     cells = aggregate.cell_table(df).set_index(["block", "depth"])
     assert cells.loc[("post_ln", 24), "final_loss"] == pytest.approx(math.log(16), abs=0.05)  # stuck at chance
     assert cells.loc[("post_ln", 24), "grad_decades_final"] > 2  # its gradient vanishes towards the input
+
+
+def test_layer_figures_draw_the_cells_the_findings_quote(run_dir):  # noqa: F811
+    # The synthetic sweep learned, at two learning rates: each placement is drawn, and quoted, at the learning
+    # rate of its lowest final loss at L=8, the same at both depths, which is not always the sweep's first.
+    df = results.load(run_dir)
+    cells = aggregate.cell_table(df)
+    rep = findings.representative(cells.set_index("cell_id"), True)
+    shown, caption, setting = plots.shown_cells(df)
+    assert sorted(shown.cell_id) == sorted(rep.index) and len(rep) == 4
+    deep = cells[cells.depth == 8].sort_values("final_loss", kind="stable").drop_duplicates("block")
+    best_lr = dict(zip(deep.block, deep.lr))
+    assert rep.groupby("block").lr.nunique().eq(1).all()
+    assert {b: float(lr) for b, lr in rep.groupby("block").lr.first().items()} == best_lr
+    assert set(best_lr.values()) != {1e-3}, "the fixture should make some placement's best lr not the first"
+    assert setting == {b: f"lr={lr:g}" for b, lr in best_lr.items()} and "lowest final loss" in caption
+    store = plots.LayerStore(run_dir)
+    fig = plots_layers.grad_profile(df, store)
+    titles = {ax.get_title() for ax in fig.axes}
+    for block, lr in best_lr.items():
+        assert f"{block} (lr={lr:g}) — step 0 (initialisation)" in titles
+        # the L=8 line at initialisation is the chosen cell's profile (geometric mean over its seeds)
+        cid = rep[(rep.block == block) & (rep.depth == 8)].index[0]
+        want = np.exp(np.log(np.asarray(store[cid]["grad_norm/all"][0], np.float64)).mean(axis=0))
+        ax = next(a for a in fig.axes if a.get_title().startswith(f"{block} (") and "initialisation" in a.get_title())
+        line = next(li for li in ax.get_lines() if li.get_label() == "L=8")
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-9)
+    plt.close(fig)
