@@ -42,7 +42,7 @@ CONFIG_HELP = {
     "--eval-batches": "batches per held-out evaluation",
     "--weight-decay": "decoupled weight decay (adamw, lion, adafactor; never on norms, biases, scalars)",
     "--b1": "first-moment decay (adam, adamw, lion) / momentum (sgd)",
-    "--b2": "second-moment decay (adam, adamw, lion) / decay of rmsprop's average",
+    "--b2": "second-moment decay (adam, adamw, lion) / decay of rmsprop's (bias-corrected) average",
     "--eps": "the optimizer's denominator epsilon",
     "--dtype": "matmul compute dtype (parameters stay float32; bfloat16 is for GPU/TPU)",
     "--probe-batch": "sequences in the fixed probe batch of the Jacobian probes",

@@ -185,7 +185,7 @@ class OptimConfig:
     clip_value: float = 1.0        # max global norm (global_norm), max |g| (value), or ratio λ (agc)
     weight_decay: float = 0.01     # decoupled decay (adamw, lion, adafactor); never on norms, biases, scalars
     b1: float = 0.9                # first-moment decay (adam*, lion) / momentum (sgd)
-    b2: float = 0.999              # second-moment decay (adam*, lion) / decay of rmsprop's average
+    b2: float = 0.999              # second-moment decay (adam*, lion) / of rmsprop's bias-corrected average
     eps: float = 1e-8              # denominator epsilon
     skip_nonfinite: bool = False   # wrap in optax.apply_if_finite: a non-finite gradient skips the update
 

@@ -328,3 +328,23 @@ def test_agc_equals_hand_formula_with_zero_weights(lam):
     else:  # the ε floor acts: a zero layer's gradient is clipped to norm λ·ε per unit
         col_norms = np.linalg.norm(np.asarray(got["blocks"]["mlp"]["kernel"][1]), axis=0)
         np.testing.assert_allclose(col_norms, lam * optim.AGC_EPS, rtol=1e-5)
+
+
+def test_rmsprop_is_bias_corrected_by_hand():
+    # numpy, step by step: ν ← b2·ν + (1 − b2)·g², ν̂ = ν/(1 − b2^t), update = −lr·g/√(ν̂ + eps). At step 1 every
+    # coordinate moves by lr (|g|/√g²), as AdamW's does; uncorrected it would move by lr/√(1 − b2) ≈ 32·lr.
+    lr = 1e-2
+    cfg = OptimConfig(optimizer="rmsprop", schedule="constant")
+    tx = optim.make_optimizer(cfg, total_steps=10)
+    params = tiny_params()
+    state = optim.init_state(tx, params, lr, cfg.weight_decay)
+    nu = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
+    for t in range(1, 4):
+        g = tiny_grads(scale=float(t))
+        u, state = tx.update(g, state, params)
+        nu = jax.tree.map(lambda n, gg: cfg.b2 * n + (1 - cfg.b2) * np.asarray(gg, np.float64) ** 2, nu, g)
+        want = jax.tree.map(lambda n, gg: -lr * np.asarray(gg, np.float64) / np.sqrt(n / (1 - cfg.b2 ** t) + cfg.eps),
+                            nu, g)
+        chex.assert_trees_all_close(jax.tree.map(np.asarray, u), want, rtol=1e-4, atol=1e-9)
+        if t == 1:
+            assert np.allclose(np.abs(np.asarray(u["head"]["kernel"])), lr, rtol=1e-3)
