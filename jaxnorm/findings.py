@@ -18,7 +18,7 @@ import pandas as pd
 
 from jaxnorm import aggregate, outcome, results
 from jaxnorm.axes import AXES
-from jaxnorm.plots import best_setting_cells, fix_others
+from jaxnorm.plots import shown_cells
 
 MAX_FINDINGS = 6
 ONE_DECADE = 1.0  # |gradient growth| from which a profile counts as vanishing/exploding towards the input
@@ -57,17 +57,12 @@ def _figure(names: Iterable[str], figures: set[str]) -> str:
     return (" — " + ", ".join(f"[{n[:-4]}](figures/{n})" for n in shown)) if shown else ""
 
 
-def representative(cells: pd.DataFrame, by_loss: bool) -> pd.DataFrame:
-    """One cell per (block, depth), the cell the per-layer figures show (`plots.shown_cells`): with `by_loss`
-    (after training that learned the task) each block at the setting of its lowest mean final loss at its
-    deepest depth (`plots.best_setting_cells`); else (at initialisation, or when no cell learned the task, so
-    that the lowest loss would be picked by noise) the first value of every other axis (`plots.fix_others`)."""
-    cells = cells.reset_index()
-    if by_loss:
-        best = best_setting_cells(cells, "block")
-        return cells[cells.cell_id.isin(best.cell_id)].drop_duplicates(["block", "depth"]).set_index("cell_id")
-    shown, _ = fix_others(cells, ("block", "depth"))
-    return cells[cells.cell_id.isin(shown.cell_id)].drop_duplicates(["block", "depth"]).set_index("cell_id")
+def representative(df: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """One row of `cells` (indexed by cell_id) per (block, depth): the cell the per-layer figures draw
+    (`plots.shown_cells`), so that a finding quotes what its figure shows."""
+    shown, _, _ = shown_cells(df)
+    picked = cells.loc[shown["cell_id"]].reset_index()
+    return picked.drop_duplicates(["block", "depth"]).set_index("cell_id")
 
 
 def _other_axes(cells: pd.DataFrame) -> list[str]:
@@ -325,7 +320,7 @@ def findings(df: pd.DataFrame, figures: set[str] = frozenset()) -> list[str]:
     training = outcome.has_training(df)
     cells = aggregate.cell_table(df).set_index("cell_id")
     learned = training and outcome.learned_anything(df)
-    rep = representative(cells, learned)
+    rep = representative(df, cells)
     out = []
     if training:
         out += [trainability(df, cells, figures), gradient_profile(rep, cells, "final", figures, df=df, learned=learned),

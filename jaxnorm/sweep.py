@@ -323,6 +323,6 @@ def run(spec: SweepSpec, out_dir: str | Path, *, shard: tuple[int, int] = (0, 1)
     if outputs is not None:
         outputs.after_cell(out_dir)
     df = results.load(out_dir)
-    df.attrs["time"] = split.line()  # the command line prints it last
-    df.attrs["time_s"] = split.seconds()  # the same split as numbers (scripts/project_grid.py)
+    df.attrs["time_s"] = split.seconds()  # as numbers (scripts/project_grid.py)
+    df.attrs["time"] = split.line(df.attrs["time_s"])  # the same split as the line the command prints last
     return df

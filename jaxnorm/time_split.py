@@ -40,8 +40,9 @@ class TimeSplit:
         out["running"] = max(0.0, total - out["compiling"] - out["writing"] - out["figures"])
         return out
 
-    def line(self) -> str:
-        s, c = self.seconds(), self.compiles
+    def line(self, s: dict[str, float] | None = None) -> str:
+        """The split as one line; `s`: a `seconds()` already taken (default: now)."""
+        s, c = self.seconds() if s is None else s, self.compiles
         ahead = (f", {c.ahead_programs} of them compiled ahead while cells trained ({c.ahead_s:.0f} s there; "
                  f"waited for {self.parts.get('compiling ahead', 0.0):.0f} s)" if c.ahead_programs else "")
         return (f"time: {s['total']:.0f} s = compiling {s['compiling']:.0f} s ({c.programs} programs{ahead}; "

@@ -369,14 +369,16 @@ def test_layer_figures_draw_the_cells_the_findings_quote(run_dir):  # noqa: F811
     # rate of its lowest final loss at L=8, the same at both depths, which is not always the sweep's first.
     df = results.load(run_dir)
     cells = aggregate.cell_table(df)
-    rep = findings.representative(cells.set_index("cell_id"), True)
-    shown, caption, setting = plots.shown_cells(df)
-    assert sorted(shown.cell_id) == sorted(rep.index) and len(rep) == 4
-    deep = cells[cells.depth == 8].sort_values("final_loss", kind="stable").drop_duplicates("block")
-    best_lr = dict(zip(deep.block, deep.lr))
-    assert rep.groupby("block").lr.nunique().eq(1).all()
-    assert {b: float(lr) for b, lr in rep.groupby("block").lr.first().items()} == best_lr
+    # by hand: per block, the lr of its lowest mean final loss (seeds that did not diverge) at L=8
+    live = df[~df.diverged.astype(bool)]
+    mean_loss = live[live.depth == 8].groupby(["block", "lr"]).final_loss.mean()
+    best_lr = {b: float(mean_loss[b].idxmin()) for b in ("post_ln", "pre_ln")}
     assert set(best_lr.values()) != {1e-3}, "the fixture should make some placement's best lr not the first"
+    want = sorted(cells[np.isclose(cells.lr, cells.block.map(best_lr))].cell_id)
+    shown, caption, setting = plots.shown_cells(df)
+    assert sorted(shown.cell_id) == want and len(want) == 4
+    rep = findings.representative(df, cells.set_index("cell_id"))
+    assert sorted(rep.index) == want
     assert setting == {b: f"lr={lr:g}" for b, lr in best_lr.items()} and "lowest final loss" in caption
     store = plots.LayerStore(run_dir)
     fig = plots_layers.grad_profile(df, store)
